@@ -1,0 +1,58 @@
+"""The balancer's configuration: built once from flags, frozen, self-validating."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+POLICIES = ("affinity", "consistent")
+
+
+def worker_endpoint(url: str) -> tuple[str, str]:
+    """(stable id, base URL) for a worker given as ``http://host:port`` or ``host:port``.
+
+    The id is ``host:port`` as the worker registers it (DESIGN.md, Settled points)."""
+    raw = url.strip().rstrip("/")
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    if parts.scheme != "http" or not parts.hostname or parts.port is None or parts.path not in ("",):
+        raise ValueError(f"worker {url!r} is not of the form http://host:port")
+    return f"{parts.hostname}:{parts.port}", f"http://{parts.hostname}:{parts.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerConfig:
+    workers: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    policy: str = "affinity"
+    balance_factor: float = 1.25
+    redis_url: str | None = None
+    cache_size: int = 256 << 20
+    cache_ttl: int = 3600
+    cache_max_entry: int = 1 << 20
+    max_body_size: int = 64 << 20
+    connect_timeout: float = 1.0
+    try_timeout: float = 60.0
+    max_retries: int = 2
+    index_refresh: float = 10.0
+    upstream_connections: int = 512
+    shutdown_timeout: float = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            raise ValueError("at least one worker is needed (--workers http://host:port,...)")
+        for url in self.workers:
+            worker_endpoint(url)
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        if self.balance_factor <= 0:
+            raise ValueError("balance factor must be above 0")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be in 0..65535")
+        if self.max_retries < 0 or self.cache_ttl < 1 or self.try_timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("retries, TTL and timeouts must be positive")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis URL must start with redis://, rediss:// or unix://")

@@ -1,0 +1,109 @@
+"""The balancer's cached copy of the workers' combined repository index.
+
+It answers, without a network call, which models exist, their versions and
+latest version, and whether their answers may be cached. A name not in it
+triggers one refresh (shared by concurrent callers, at most one forced refresh
+per ``min_interval``) before the balancer answers 404 itself. When every worker
+fails to answer, the last known index is kept: a registry outage never empties it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from balancer.errors import UpstreamError
+from balancer.members import Members
+from balancer.transport import Transport
+from common.singleflight import SingleFlight
+from protocol.types import IndexEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    name: str
+    versions: frozenset[str]
+    latest: str
+    deterministic: bool
+    cacheable: bool
+
+
+class ModelIndex:
+    def __init__(self, members: Members, transport: Transport, min_interval: float = 1.0) -> None:
+        self._members = members
+        self._transport = transport
+        self.min_interval = min_interval
+        self.models: dict[str, ModelInfo] = {}
+        self.rows: list[dict[str, object]] = []
+        self.loaded = False
+        self._last_refresh = float("-inf")
+        self._flight: SingleFlight[None] = SingleFlight()
+
+    def get(self, name: str) -> ModelInfo | None:
+        return self.models.get(name)
+
+    async def lookup(self, name: str) -> ModelInfo | None:
+        """The model's info, refreshing once if it is not known yet."""
+        info = self.models.get(name)
+        if info is None and time.monotonic() - self._last_refresh >= self.min_interval:
+            await self.refresh()
+            info = self.models.get(name)
+        return info
+
+    async def refresh(self) -> None:
+        await self._flight.do("refresh", self._refresh())
+
+    async def _fetch(self, worker_id: str, base: str) -> list[tuple[str, IndexEntry]] | None:
+        try:
+            resp = await self._transport.send(base, "POST", "/v2/repository/index", b"{}", "application/json")
+            if resp.status != 200:
+                return None
+            return [(worker_id, IndexEntry.from_json(row)) for row in orjson.loads(resp.body)]
+        except (UpstreamError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return None
+
+    async def _refresh(self) -> None:
+        self._last_refresh = time.monotonic()
+        members = list(self._members.urls.items())
+        results = await asyncio.gather(*(self._fetch(w, base) for w, base in members))
+        answered = [r for r in results if r is not None]
+        if not answered:
+            log.warning("no worker answered the repository index; keeping the last known one")
+            return
+        self.models, self.rows = merge([row for rows in answered for row in rows])
+        self.loaded = True
+
+
+def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], list[dict[str, object]]]:
+    """Combine the workers' rows: one ModelInfo per name, one row per (name, version)."""
+    versions: dict[str, set[str]] = {}
+    deterministic: dict[str, bool] = {}
+    cacheable: dict[str, bool] = {}
+    combined: dict[tuple[str, str], dict[str, object]] = {}
+    for worker_id, entry in rows:
+        versions.setdefault(entry.name, set()).add(entry.version)
+        deterministic[entry.name] = deterministic.get(entry.name, True) and entry.deterministic
+        cacheable[entry.name] = cacheable.get(entry.name, True) and entry.cacheable
+        row = combined.setdefault((entry.name, entry.version), {**entry.to_json(), "resident_on": []})
+        if entry.state == "READY":
+            row["state"], row["reason"] = "READY", ""
+        if entry.resident:
+            row["resident"] = True
+            row["resident_on"].append(worker_id)  # type: ignore[attr-defined]
+    models = {
+        name: ModelInfo(
+            name,
+            frozenset(vs),
+            max(vs, key=lambda v: int(v) if v.isdigit() else -1),
+            deterministic[name],
+            cacheable[name],
+        )
+        for name, vs in versions.items()
+    }
+    return models, [combined[k] for k in sorted(combined)]

@@ -1,0 +1,73 @@
+"""Send one request to the right worker, and to the next one if that fails.
+
+The policy picks from the model's preference list; a try that fails before any
+response byte (connect error, reset, per-try timeout) or answers 502/503/504
+goes to the next candidate, up to ``max_retries`` more tries. Inference is
+idempotent (DESIGN.md, Settled points), so a retried try cannot do harm. A
+model's own failure (500, 507, any 4xx) is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from balancer.errors import UpstreamError, UpstreamUnavailable
+from balancer.members import Members
+from balancer.metrics import BalancerMetrics
+from balancer.policy import RoutingPolicy
+from balancer.transport import Transport, UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset((502, 503, 504))
+
+
+class Router:
+    def __init__(
+        self,
+        members: Members,
+        policy: RoutingPolicy,
+        transport: Transport,
+        metrics: BalancerMetrics,
+        max_retries: int = 2,
+    ) -> None:
+        self.members = members
+        self.policy = policy
+        self.transport = transport
+        self.metrics = metrics
+        self.max_retries = max_retries
+
+    async def send(
+        self, model: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[UpstreamResponse, str]:
+        """The answer and the id of the worker that gave it."""
+        members = self.members
+        candidates = members.preference_list(model)
+        worker = self.policy.choose(model, candidates, members.inflight)
+        decision = "primary" if worker == candidates[0] else "spill"
+        tried: list[str] = []
+        last: UpstreamResponse | None = None
+        while True:
+            members.begin(worker)
+            try:
+                resp = await self.transport.send(members.urls[worker], method, path, body, content_type)
+                failure = f"status {resp.status}" if resp.status in RETRYABLE_STATUS else ""
+            except UpstreamError as exc:
+                resp, failure = None, exc.kind
+            finally:
+                members.end(worker)
+            if not failure:
+                self.metrics.route(decision)
+                return resp, worker  # type: ignore[return-value]
+            if resp is not None:
+                last = resp
+            tried.append(worker)
+            remaining = [c for c in candidates if c not in tried and c in members.urls]
+            if len(tried) > self.max_retries or not remaining:
+                log.warning("model %s: no worker answered after %d tries (last: %s)", model, len(tried), failure)
+                if last is not None:
+                    return last, worker
+                raise UpstreamUnavailable("no worker could answer this request")
+            log.info("model %s: %s from %s, retrying on the next worker", model, failure, worker)
+            worker = self.policy.choose(model, remaining, members.inflight)
+            decision = "retry"

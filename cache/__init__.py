@@ -1,0 +1,1 @@
+"""Response cache: key derivation, in-process LRU, Redis layer, the two together."""

@@ -1,0 +1,27 @@
+"""A cached answer: the response body without its request id, and who computed it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+
+@dataclass(slots=True, frozen=True)
+class CachedAnswer:
+    body: bytes  # JSON response body with no "id" member
+    served_by: str
+    content_type: str = "application/json"
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.served_by) + 64
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([self.served_by, self.content_type]) + b"\n" + self.body
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CachedAnswer:
+        head, _, body = raw.partition(b"\n")
+        served_by, content_type = orjson.loads(head)
+        return cls(body=body, served_by=served_by, content_type=content_type)

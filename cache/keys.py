@@ -1,0 +1,40 @@
+"""Cache keys: what makes two inference requests the same question.
+
+key = blake2b-128 over length-prefixed fields:
+    namespace (tenant), model name, resolved model version,
+    canonical JSON of the request without its ``id``
+    (inputs with names, datatypes, shapes and data; requested outputs; parameters).
+
+Length prefixes make collisions across models, versions or namespaces impossible
+by construction (``("ab", "c")`` and ``("a", "bc")`` hash different bytes).
+Canonical JSON sorts object keys, so key order and whitespace in the request do
+not matter; the request ``id`` never enters the key and is echoed on hits.
+The model name is kept readable in the key's prefix so a model's entries can be
+found (and later invalidated) without decoding hashes.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+KEY_PREFIX = "affinity:v1:"
+_PERSON = b"affinity-key-v1"
+
+
+def canonical_request(request: dict[str, Any]) -> bytes:
+    """The request's answer-determining fields as canonical JSON (``id`` dropped)."""
+    if "id" in request:
+        request = {k: v for k, v in request.items() if k != "id"}
+    return orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+
+
+def cache_key(model: str, version: str, canonical: bytes, namespace: str = "") -> str:
+    digest = blake2b(digest_size=16, person=_PERSON)
+    for field in (namespace.encode(), model.encode(), version.encode()):
+        digest.update(len(field).to_bytes(4, "little"))
+        digest.update(field)
+    digest.update(canonical)
+    return f"{KEY_PREFIX}{model}:{digest.hexdigest()}"

@@ -1,0 +1,181 @@
+"""``affinity``: one console script, subcommands up, balancer, worker, models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cli.flags import Flags, size
+from common import __version__
+
+
+def _worker_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run one model server (V2 REST)")
+    f = Flags(p, "worker")
+    f.add("--models", "model repository directory (<root>/<name>/<version>/)", type=Path, required=True)
+    f.add("--host", "address to listen on", default="127.0.0.1")
+    f.add("--port", "HTTP port", type=int, default=8100)
+    f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
+    f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
+    f.add("--max-loads", "model loads at once", type=int, default=1)
+    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    f.add("--log-level", "log level", default="INFO")
+    p.set_defaults(run=_run_worker)
+
+
+def _balancer_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("balancer", help="run the balancer in front of running workers")
+    f = Flags(p, "balancer")
+    f.add("--workers", "comma-separated worker URLs (http://host:port,...)", required=True)
+    f.add("--host", "address to listen on", default="127.0.0.1")
+    f.add("--port", "HTTP port", type=int, default=8000)
+    f.add("--policy", "routing policy: affinity (bounded load) or consistent", default="affinity")
+    f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
+    f.add("--redis-url", "Redis URL for the shared cache layer (default: in-process only)")
+    f.add("--cache-size", "in-process cache size", type=size, default="256MiB")
+    f.add("--cache-ttl", "cache entry lifetime in seconds", type=int, default=3600)
+    f.add("--cache-max-entry", "largest answer stored", type=size, default="1MiB")
+    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)
+    f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)
+    f.add("--max-retries", "tries on further workers after a failed one", type=int, default=2)
+    f.add("--index-refresh", "seconds between repository index refreshes", type=float, default=10.0)
+    f.add("--log-level", "log level", default="INFO")
+    p.set_defaults(run=_run_balancer)
+
+
+def _up_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run a local cluster: N workers and a balancer")
+    f = Flags(p, "up")
+    f.add("--workers", "worker processes", type=int, default=2)
+    f.add("--models", "model repository (default: a demo zoo generated in a temp dir)", type=Path)
+    f.add("--host", "address to listen on", default="127.0.0.1")
+    f.add("--port", "balancer HTTP port (0: any free port)", type=int, default=8000)
+    f.add("--policy", "routing policy: affinity or consistent", default="affinity")
+    f.add("--redis-url", "Redis URL for the shared cache layer (default: in-process only)")
+    f.add("--cache-size", "balancer in-process cache size", type=size, default="256MiB")
+    f.add("--zoo-count", "models in a generated demo zoo", type=int, default=12)
+    f.add("--zoo-max-size", "largest model in a generated demo zoo", type=size, default="16MiB")
+    f.add("--log-level", "log level for every process", default="WARNING")
+    p.set_defaults(run=_run_up)
+
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="model repository tools")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    make = msub.add_parser("make", help="generate a demo zoo of real models with random weights")
+    f = Flags(make, "models")
+    f.add("--out", "directory to write the repository into", type=Path, required=True)
+    f.add("--count", "number of models", type=int, default=12)
+    f.add("--min-size", "smallest model", type=size, default="1MiB")
+    f.add("--max-size", "largest model", type=size, default="16MiB")
+    f.add("--sizes", "explicit comma-separated sizes, cycled (overrides min/max)")
+    f.add("--archs", "comma-separated architectures, cycled", default="mlp,cnn,transformer,logreg")
+    f.add("--seed", "random seed (same seed, same zoo)", type=int, default=0)
+    make.set_defaults(run=_run_models_make)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affinity", description="affinity-serve: model-affinity load balancing")
+    parser.add_argument("--version", action="version", version=f"affinity-serve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _up_parser(sub)
+    _balancer_parser(sub)
+    _worker_parser(sub)
+    _models_parser(sub)
+    return parser
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from common.logs import setup_logging
+    from common.runtime import run
+    from worker.config import WorkerConfig
+    from worker.server import serve
+
+    config = WorkerConfig(
+        models=args.models,
+        host=args.host,
+        port=args.port,
+        worker_id=args.worker_id,
+        threads=args.threads,
+        max_loads=args.max_loads,
+        max_body_size=args.max_body_size,
+        log_level=args.log_level,
+    )
+    setup_logging("worker", args.log_level)
+    run(serve(config))
+    return 0
+
+
+def _run_balancer(args: argparse.Namespace) -> int:
+    from balancer.app import serve
+    from balancer.config import BalancerConfig
+    from common.logs import setup_logging
+    from common.runtime import run
+
+    config = BalancerConfig(
+        workers=tuple(w for w in args.workers.split(",") if w.strip()),
+        host=args.host,
+        port=args.port,
+        policy=args.policy,
+        balance_factor=args.balance_factor,
+        redis_url=args.redis_url,
+        cache_size=args.cache_size,
+        cache_ttl=args.cache_ttl,
+        cache_max_entry=args.cache_max_entry,
+        max_body_size=args.max_body_size,
+        connect_timeout=args.connect_timeout,
+        try_timeout=args.try_timeout,
+        max_retries=args.max_retries,
+        index_refresh=args.index_refresh,
+        log_level=args.log_level,
+    )
+    setup_logging("balancer", args.log_level)
+    run(serve(config))
+    return 0
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from cli.up import Cluster, UpOptions
+
+    options = UpOptions(
+        workers=args.workers,
+        models=args.models,
+        host=args.host,
+        port=args.port,
+        policy=args.policy,
+        redis_url=args.redis_url,
+        cache_size=args.cache_size,
+        zoo_count=args.zoo_count,
+        zoo_max_size=args.zoo_max_size,
+        log_level=args.log_level,
+    )
+    return Cluster(options).run()
+
+
+def _run_models_make(args: argparse.Namespace) -> int:
+    from common.units import format_size, parse_size
+    from worker.zoo import make_zoo
+
+    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+    archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+    made = make_zoo(args.out, args.count, args.min_size, args.max_size, sizes, archs, args.seed)
+    for model in made:
+        print(f"{model.name:20s} {model.architecture:12s} {format_size(model.size_bytes):>10s}  {model.path}")
+    print(f"{len(made)} models written to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ValueError as exc:
+        print(f"affinity {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"affinity {args.command}: {exc.strerror or exc}", file=sys.stderr)
+        return 1

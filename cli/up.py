@@ -1,0 +1,212 @@
+"""``affinity up``: a local cluster of N workers and one balancer, as processes.
+
+Workers get free ports and an equal share of the cores (torch threads per
+worker = cores / workers, at least 1). Children get explicit flags and an
+environment without ``AFFINITY_*`` variables, run in their own session (so a
+terminal's Ctrl-C reaches only this supervisor, which stops them in order) and
+are told by the kernel to exit if the supervisor itself dies (no orphans).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    workers: int = 2
+    models: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    policy: str = "affinity"
+    redis_url: str | None = None
+    cache_size: int = 256 << 20
+    zoo_count: int = 12
+    zoo_max_size: int = 16 << 20
+    log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent exits (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before it was ready")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(url, timeout=1.0) as resp,  # noqa: S310 - our own http:// URL
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} was not ready after {timeout:.0f}s")
+
+
+class Cluster:
+    def __init__(self, options: UpOptions) -> None:
+        self.options = options
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._stopping = False
+
+    def _spawn(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the supervisor starts no threads
+        )
+        self.procs.append((role, proc))
+        return proc
+
+    def _models_dir(self, stack: contextlib.ExitStack) -> Path:
+        if self.options.models is not None:
+            if not self.options.models.is_dir():
+                raise ValueError(f"model repository {self.options.models} is not a directory")
+            return self.options.models
+        from worker.zoo import make_zoo
+
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-zoo-")))
+        print(f"generating a demo zoo of {self.options.zoo_count} models in {root} ...", flush=True)
+        make_zoo(root, count=self.options.zoo_count, max_size=max(self.options.zoo_max_size, 1 << 20))
+        return root
+
+    def start(self, models: Path) -> str:
+        o = self.options
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // o.workers)
+        urls = []
+        for _ in range(o.workers):
+            port = free_port(o.host)
+            worker_args = ["worker", "--models", str(models), "--host", o.host, "--port", str(port)]
+            worker_args += ["--worker-id", f"{o.host}:{port}", "--threads", str(threads), "--log-level", o.log_level]
+            proc = self._spawn("worker", worker_args)
+            urls.append((f"http://{o.host}:{port}", proc))
+        for url, proc in urls:
+            wait_ready(url + "/v2/health/ready", proc)
+        port = o.port or free_port(o.host)
+        balancer_args = ["balancer", "--workers", ",".join(u for u, _ in urls), "--host", o.host, "--port", str(port)]
+        balancer_args += ["--policy", o.policy, "--cache-size", str(o.cache_size), "--log-level", o.log_level]
+        if o.redis_url:
+            balancer_args += ["--redis-url", o.redis_url]
+        proc = self._spawn("balancer", balancer_args)
+        endpoint = f"http://{o.host}:{port}"
+        wait_ready(endpoint + "/v2/health/ready", proc)
+        return endpoint
+
+    def stop(self) -> None:
+        """Balancer first (it stops taking requests), then the workers; SIGKILL stragglers."""
+        self._stopping = True
+        for role in ("balancer", "worker"):
+            group = [p for r, p in self.procs if r == role and p.poll() is None]
+            for proc in group:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for proc in group:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def run(self) -> int:
+        stop_signal: list[int] = []
+
+        def on_signal(signum: int, frame: object) -> None:
+            stop_signal.append(signum)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_signal)
+        with contextlib.ExitStack() as stack:
+            try:
+                models = self._models_dir(stack)
+                stack.callback(self.stop)  # runs before the demo zoo's temp dir is removed
+                endpoint = self.start(models)
+                print(banner(endpoint, models, self.options.workers), flush=True)
+                while True:
+                    for role, proc in self.procs:
+                        if proc.poll() is not None:
+                            print(f"affinity up: a {role} exited with code {proc.returncode}; stopping", flush=True)
+                            return 1
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                print("\nstopping ...", flush=True)
+                return 0
+            except RuntimeError as exc:
+                print(f"affinity up: {exc}", file=sys.stderr, flush=True)
+                return 1
+        return 0
+
+
+def example_request(models: Path) -> tuple[str, bytes] | None:
+    """A model name and a request body for the banner's curl example."""
+    for model_dir in sorted(models.iterdir()):
+        for version_dir in sorted(model_dir.iterdir(), reverse=True):
+            try:
+                config = orjson.loads((version_dir / "config.json").read_bytes())
+                spec = config["inputs"][0]
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                continue
+            shape = [1 if d == -1 else int(d) for d in spec["shape"]]
+            count = 1
+            for d in shape:
+                count *= d
+            if spec["datatype"] not in ("FP32", "FP64") or count > 128:
+                continue
+            data = [round((i % 7) / 7, 2) for i in range(count)]
+            body = {"inputs": [{"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": data}]}
+            return model_dir.name, orjson.dumps(body)
+    return None
+
+
+def banner(endpoint: str, models: Path, workers: int) -> str:
+    lines = [
+        f"affinity-serve is up: {endpoint}  ({workers} workers, models from {models})",
+        f"  models:  curl -s -X POST {endpoint}/v2/repository/index",
+    ]
+    example = example_request(models)
+    if example is not None:
+        name, body = example
+        lines.append(
+            f"  infer:   curl -s {endpoint}/v2/models/{name}/infer -H 'Content-Type: application/json' "
+            f"-d '{body.decode()}'"
+        )
+    lines.append(f"  metrics: curl -s {endpoint}/metrics")
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Load generation: open-loop arrivals measured from their scheduled time."""

@@ -1,0 +1,1 @@
+"""Wire formats every part speaks: Open Inference Protocol (KServe V2) types and codecs."""

@@ -1,0 +1,128 @@
+"""Open Inference Protocol (KServe V2) request, response and metadata types.
+
+These are the typed shapes that cross every boundary; codecs turn them into
+bytes and back. Tensor data is a numpy array already in the tensor's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Parameters = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor: V2 datatype name, shape, and data shaped accordingly."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: Parameters | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RequestedOutput:
+    name: str
+    parameters: Parameters | None = None
+
+
+@dataclass(slots=True)
+class InferRequest:
+    inputs: list[Tensor]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: Parameters | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    outputs: list[Tensor]
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class TensorSpec:
+    """A model's declared input or output: -1 marks a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(slots=True, frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": list(self.versions),
+            "platform": self.platform,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class IndexEntry:
+    """One row of the model repository index, as Triton serves it plus our fields.
+
+    ``deterministic`` and ``cacheable`` tell the balancer whether answers may be
+    cached; ``state`` is READY, LOADING or UNAVAILABLE.
+    """
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+    deterministic: bool = True
+    cacheable: bool = True
+    resident: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": self.state,
+            "reason": self.reason,
+            "deterministic": self.deterministic,
+            "cacheable": self.cacheable,
+            "resident": self.resident,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> IndexEntry:
+        return cls(
+            name=str(raw["name"]),
+            version=str(raw.get("version", "")),
+            state=str(raw.get("state", "")),
+            reason=str(raw.get("reason", "")),
+            deterministic=bool(raw.get("deterministic", True)),
+            cacheable=bool(raw.get("cacheable", True)),
+            resident=bool(raw.get("resident", False)),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "extensions": list(self.extensions)}

@@ -1,0 +1,1 @@
+"""The model server: V2 REST, model repository, architectures, execution."""

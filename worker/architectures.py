@@ -1,0 +1,141 @@
+"""Real model architectures, built from a config's ``args``.
+
+Each architecture says how to build its ``nn.Module`` (on whatever device is
+current: the loader uses the meta device, then attaches memory-mapped weights)
+and what tensors it takes and returns, so the demo zoo and the loader agree.
+A module's ``forward`` takes the inputs in declared order and returns one
+tensor per declared output (a tensor when there is one).
+
+    mlp          FP32 [-1, in_features]       -> logits [-1, out_features]
+    logreg       FP32 [-1, features]          -> probabilities [-1, classes]
+    cnn          FP32 [-1, channels, H, W]    -> logits [-1, classes]
+    transformer  INT64 [-1, seq_len] ids      -> logits [-1, classes]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from protocol.errors import BadRequest
+from protocol.types import TensorSpec
+
+Args = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Architecture:
+    name: str
+    build: Callable[[Args], nn.Module]
+    interface: Callable[[Args], tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]
+    # Optional check of input values a shape check cannot catch (token ids in range).
+    check_inputs: Callable[[Args, list[Any]], None] | None = None
+
+
+def _mlp(args: Args) -> nn.Module:
+    sizes = [int(args["in_features"]), *[int(h) for h in args["hidden"]], int(args["out_features"])]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _mlp_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    return (
+        (TensorSpec("input", "FP32", (-1, int(args["in_features"]))),),
+        (TensorSpec("logits", "FP32", (-1, int(args["out_features"]))),),
+    )
+
+
+class LogisticRegression(nn.Module):
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.linear(x), dim=-1)
+
+
+def _logreg(args: Args) -> nn.Module:
+    return LogisticRegression(int(args["features"]), int(args["classes"]))
+
+
+def _logreg_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    return (
+        (TensorSpec("input", "FP32", (-1, int(args["features"]))),),
+        (TensorSpec("probabilities", "FP32", (-1, int(args["classes"]))),),
+    )
+
+
+def _cnn(args: Args) -> nn.Module:
+    channels, width, classes = int(args["channels"]), int(args["width"]), int(args["classes"])
+    size = int(args["size"])
+    blocks: list[nn.Module] = []
+    c_in = channels
+    for mult in (1, 2, 4):
+        c_out = width * mult
+        blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c_out
+    side = size // 8
+    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(c_in * side * side, classes))
+
+
+def _cnn_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    size = int(args["size"])
+    return (
+        (TensorSpec("image", "FP32", (-1, int(args["channels"]), size, size)),),
+        (TensorSpec("logits", "FP32", (-1, int(args["classes"]))),),
+    )
+
+
+class TextClassifier(nn.Module):
+    """Token embedding + learned positions + transformer encoder + mean pool + linear head."""
+
+    def __init__(self, vocab: int, d_model: int, heads: int, layers: int, seq_len: int, classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.position = nn.Parameter(torch.zeros(seq_len, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=4 * d_model, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(self.embed(ids) + self.position[: ids.shape[1]])
+        return self.head(hidden.mean(dim=1))
+
+
+def _transformer(args: Args) -> nn.Module:
+    return TextClassifier(
+        int(args["vocab"]), int(args["d_model"]), int(args["heads"]), int(args["layers"]),
+        int(args["seq_len"]), int(args["classes"]),
+    )  # fmt: skip
+
+
+def _transformer_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    return (
+        (TensorSpec("input_ids", "INT64", (-1, int(args["seq_len"]))),),
+        (TensorSpec("logits", "FP32", (-1, int(args["classes"]))),),
+    )
+
+
+def _transformer_check(args: Args, inputs: list[Any]) -> None:
+    ids = inputs[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= int(args["vocab"])):
+        raise BadRequest(f"input 'input_ids': token ids must be in [0, {int(args['vocab']) - 1}]")
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("mlp", _mlp, _mlp_io),
+        Architecture("logreg", _logreg, _logreg_io),
+        Architecture("cnn", _cnn, _cnn_io),
+        Architecture("transformer", _transformer, _transformer_io, _transformer_check),
+    )
+}

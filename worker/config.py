@@ -1,0 +1,39 @@
+"""The worker's configuration: built once from flags, frozen, self-validating."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    models: Path
+    host: str = "127.0.0.1"
+    port: int = 8100
+    worker_id: str = ""  # default: host:port
+    threads: int = 0  # inference threads; 0: all cores
+    max_loads: int = 1
+    max_body_size: int = 64 << 20
+    max_elements: int = 1 << 26
+    shutdown_timeout: float = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.models.is_dir():
+            raise ValueError(f"model repository {self.models} is not a directory")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be in 0..65535")
+        if self.threads < 0 or self.max_loads < 1 or self.max_body_size < 1:
+            raise ValueError("threads, max loads and body size must be positive")
+        if "\n" in self.worker_id:
+            raise ValueError("worker id cannot hold a newline")
+
+    @property
+    def identity(self) -> str:
+        return self.worker_id or f"{self.host}:{self.port}"
+
+    @property
+    def inference_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1

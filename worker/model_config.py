@@ -1,0 +1,95 @@
+"""A model version's ``config.json``: architecture, arguments and interface.
+
+    {
+      "architecture": "mlp",              # a name in worker.architectures
+      "args": {...},                      # the architecture's constructor arguments
+      "inputs":  [{"name": "input",  "datatype": "FP32", "shape": [-1, 64]}],
+      "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+      "max_batch_size": 64,               # 0: no batch dimension
+      "deterministic": true,              # same input, same answer: cacheable
+      "cache": true,                      # per-model opt-out of the response cache
+      "warmup": true                      # run one synthetic inference after loading
+    }
+
+With ``max_batch_size > 0`` the first dimension of every input and output is the
+batch dimension and is written as -1. Parsing needs no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from protocol.datatypes import DATATYPES
+from protocol.types import TensorSpec
+from worker.errors import InvalidModelConfig
+
+
+@dataclass(slots=True, frozen=True)
+class ModelConfig:
+    architecture: str
+    args: dict[str, Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    deterministic: bool = True
+    cache: bool = True
+    warmup: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "args": self.args,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "max_batch_size": self.max_batch_size,
+            "deterministic": self.deterministic,
+            "cache": self.cache,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ModelConfig:
+        if not isinstance(raw, dict):
+            raise InvalidModelConfig("config.json must hold an object")
+        try:
+            config = cls(
+                architecture=str(raw["architecture"]),
+                args=dict(raw.get("args", {})),
+                inputs=tuple(_spec(t) for t in raw["inputs"]),
+                outputs=tuple(_spec(t) for t in raw["outputs"]),
+                max_batch_size=int(raw.get("max_batch_size", 0)),
+                deterministic=bool(raw.get("deterministic", True)),
+                cache=bool(raw.get("cache", True)),
+                warmup=bool(raw.get("warmup", True)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None
+        if not config.inputs or not config.outputs:
+            raise InvalidModelConfig("config.json needs at least one input and one output")
+        if config.max_batch_size < 0:
+            raise InvalidModelConfig("max_batch_size cannot be negative")
+        if config.max_batch_size > 0:
+            for spec in config.inputs + config.outputs:
+                if not spec.shape or spec.shape[0] != -1:
+                    raise InvalidModelConfig(f"'{spec.name}': with batching, the first dimension must be -1")
+        return config
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelConfig:
+        try:
+            return cls.from_json(orjson.loads(data))
+        except orjson.JSONDecodeError:
+            raise InvalidModelConfig("config.json is not valid JSON") from None
+
+
+def _spec(raw: Any) -> TensorSpec:
+    name, datatype, shape = raw["name"], raw["datatype"], raw["shape"]
+    if not isinstance(name, str) or datatype not in DATATYPES:
+        raise ValueError(f"bad tensor spec {name!r}")
+    dims = tuple(int(d) for d in shape)
+    if any(d < -1 or d == 0 for d in dims):
+        raise ValueError(f"'{name}': dimensions are positive, or -1 for variable")
+    return TensorSpec(name, datatype, dims)

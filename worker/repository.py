@@ -1,0 +1,99 @@
+"""The model repository on disk: ``<root>/<name>/<version>/`` with
+``model.safetensors`` and ``config.json``.
+
+The root is a read-only source. Scanning reads only directory listings and
+config files (no weights, no torch); names and versions that break the
+allow-list rule are skipped, so no request can name a path outside the root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import NotFound
+from protocol.names import is_valid_name, is_valid_version
+from worker.errors import InvalidModelConfig
+from worker.model_config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(slots=True, frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    path: Path
+    config: ModelConfig | None  # None when config.json is unusable
+    problem: str = ""  # why the version cannot be served, when it cannot
+    size_bytes: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.version)
+
+
+class Repository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+
+    def scan(self) -> None:
+        """Re-read the root; the new view replaces the old one whole."""
+        models: dict[str, dict[str, ModelVersion]] = {}
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError as exc:
+            log.error("cannot read model repository: %s", exc.strerror)
+            names = []
+        for name in names:
+            model_dir = self.root / name
+            if not is_valid_name(name) or not model_dir.is_dir():
+                continue
+            versions = {}
+            for version in os.listdir(model_dir):
+                if is_valid_version(version) and (model_dir / version).is_dir():
+                    versions[version] = self._read_version(name, version, model_dir / version)
+            if versions:
+                models[name] = versions
+        self._models = models
+
+    def _read_version(self, name: str, version: str, path: Path) -> ModelVersion:
+        try:
+            config = ModelConfig.from_bytes((path / CONFIG_FILE).read_bytes())
+            size = (path / WEIGHTS_FILE).stat().st_size
+        except FileNotFoundError as exc:
+            missing = Path(exc.filename or "").name or "a file"
+            return ModelVersion(name, version, path, None, f"{missing} is missing")
+        except InvalidModelConfig as exc:
+            return ModelVersion(name, version, path, None, str(exc))
+        return ModelVersion(name, version, path, config, "", size)
+
+    def has(self, name: str) -> bool:
+        return name in self._models
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return sorted(self._models.get(name, {}).values(), key=lambda v: int(v.version))
+
+    def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+        """The named version, or the latest when none is named; NotFound otherwise."""
+        versions = self._models.get(name)
+        if not versions:
+            raise NotFound(f"unknown model '{name}'")
+        if version is None:
+            return versions[max(versions, key=int)]
+        found = versions.get(version)
+        if found is None:
+            raise NotFound(f"unknown version '{version}' of model '{name}'")
+        return found
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [v for name in self._models for v in self.versions(name)]
