@@ -80,6 +80,11 @@ class ModelIndex:
         self.loaded = True
 
 
+# A combined row shows the worst state any worker reports: a version whose load
+# failed on its owner is unavailable through the balancer, whatever the others say.
+_SEVERITY = {"READY": 0, "LOADING": 1, "UNAVAILABLE": 2}
+
+
 def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], list[dict[str, object]]]:
     """Combine the workers' rows: one ModelInfo per name, one row per (name, version)."""
     versions: dict[str, set[str]] = {}
@@ -91,8 +96,8 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
         deterministic[entry.name] = deterministic.get(entry.name, True) and entry.deterministic
         cacheable[entry.name] = cacheable.get(entry.name, True) and entry.cacheable
         row = combined.setdefault((entry.name, entry.version), {**entry.to_json(), "resident_on": []})
-        if entry.state == "READY":
-            row["state"], row["reason"] = "READY", ""
+        if _SEVERITY.get(entry.state, 0) > _SEVERITY.get(str(row["state"]), 0):
+            row["state"], row["reason"] = entry.state, entry.reason
         if entry.resident:
             row["resident"] = True
             row["resident_on"].append(worker_id)  # type: ignore[attr-defined]

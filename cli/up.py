@@ -59,18 +59,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def http_status(url: str, body: bytes | None = None, timeout: float = 1.0) -> int | None:
+    """The status of a GET (or a JSON POST when ``body`` is given), None if unreachable."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    req = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 - our own http:// URL
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - our own http:// URL
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
     """Poll ``url`` until it answers 200; fail early if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with code {proc.returncode} before it was ready")
-        with (
-            contextlib.suppress(urllib.error.URLError, OSError),
-            urllib.request.urlopen(url, timeout=1.0) as resp,  # noqa: S310 - our own http:// URL
-        ):
-            if resp.status == 200:
-                return
+        if http_status(url) == 200:
+            return
         time.sleep(0.1)
     raise RuntimeError(f"{url} was not ready after {timeout:.0f}s")
 
@@ -174,24 +183,35 @@ class Cluster:
         return 0
 
 
-def example_request(models: Path) -> tuple[str, bytes] | None:
-    """A model name and a request body for the banner's curl example."""
+def example_requests(models: Path) -> list[tuple[str, bytes]]:
+    """Candidate (model, request body) pairs for the banner's curl example:
+    models with one small float input, in name order."""
+    found = []
     for model_dir in sorted(models.iterdir()):
-        for version_dir in sorted(model_dir.iterdir(), reverse=True):
+        versions = sorted(model_dir.iterdir(), reverse=True) if model_dir.is_dir() else []
+        for version_dir in versions[:1]:
             try:
                 config = orjson.loads((version_dir / "config.json").read_bytes())
                 spec = config["inputs"][0]
+                shape = [1 if d == -1 else int(d) for d in spec["shape"]]
             except (OSError, ValueError, KeyError, IndexError, TypeError):
                 continue
-            shape = [1 if d == -1 else int(d) for d in spec["shape"]]
             count = 1
             for d in shape:
                 count *= d
-            if spec["datatype"] not in ("FP32", "FP64") or count > 128:
+            if len(config["inputs"]) != 1 or spec["datatype"] not in ("FP32", "FP64") or count > 128:
                 continue
             data = [round((i % 7) / 7, 2) for i in range(count)]
             body = {"inputs": [{"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": data}]}
-            return model_dir.name, orjson.dumps(body)
+            found.append((model_dir.name, orjson.dumps(body)))
+    return found
+
+
+def verified_example(endpoint: str, models: Path) -> tuple[str, bytes] | None:
+    """The first candidate example that the running cluster answers with 200."""
+    for name, body in example_requests(models)[:8]:
+        if http_status(f"{endpoint}/v2/models/{name}/infer", body, timeout=30) == 200:
+            return name, body
     return None
 
 
@@ -200,7 +220,7 @@ def banner(endpoint: str, models: Path, workers: int) -> str:
         f"affinity-serve is up: {endpoint}  ({workers} workers, models from {models})",
         f"  models:  curl -s -X POST {endpoint}/v2/repository/index",
     ]
-    example = example_request(models)
+    example = verified_example(endpoint, models)
     if example is not None:
         name, body = example
         lines.append(

@@ -1,0 +1,19 @@
+# The few commands people type. The README's two set-up commands create .venv.
+PY ?= .venv/bin/python
+
+.PHONY: run test lint format
+
+run:
+	.venv/bin/affinity up
+
+test:
+	$(PY) -m pytest
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .

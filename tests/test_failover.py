@@ -1,0 +1,48 @@
+"""A worker dies: requests for its models go to the next worker on the ring."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from balancer.ring import HashRing
+from tests.conftest import ZOO_MODELS
+from tests.harness import request, start_balancer, start_worker
+from tests.reference import infer_body, sample_inputs
+
+
+def test_killed_worker_models_move_to_next_owner(zoo: Path, logdir: Path) -> None:
+    workers = [start_worker(zoo, logdir) for _ in range(2)]
+    balancer = None
+    try:
+        for w in workers:
+            w.wait_ready()
+        balancer = start_balancer(workers, logdir, "--policy", "consistent").wait_ready()
+        ring = HashRing(w.id for w in workers)
+        victim = workers[0]
+        owned = [m for m in ZOO_MODELS if ring.owner(m) == victim.id] or ["mlp-00"]
+        survivor = workers[1]
+
+        victim.proc.kill(signal.SIGKILL)
+        for seed, model in enumerate(owned):
+            body = infer_body(sample_inputs(zoo, model, 1, seed))
+            resp = request(balancer.url, "POST", f"/v2/models/{model}/infer", body)
+            assert resp.status == 200, resp.body
+            assert resp.headers["x-served-by"] == survivor.id
+        assert request(balancer.url, "GET", "/v2/health/ready").status == 200
+    finally:
+        if balancer is not None:
+            balancer.proc.stop()
+        for w in workers:
+            w.proc.stop()
+
+
+def test_sigterm_drains_worker(zoo: Path, logdir: Path) -> None:
+    worker = start_worker(zoo, logdir).wait_ready()
+    try:
+        worker.proc.kill(signal.SIGTERM)
+        assert worker.proc.popen is not None
+        assert worker.proc.popen.wait(15) == 0
+        assert "draining" in worker.proc.log_tail()
+    finally:
+        worker.proc.stop()

@@ -1,0 +1,61 @@
+"""The Redis layer against a real redis-server: shared, bounded in time, failing open."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from cache.breaker import CircuitBreaker
+from cache.entry import CachedAnswer
+from cache.redis_store import RedisStore
+from cache.response_cache import ResponseCache
+from tests.harness import RedisServer
+
+
+def test_store_and_fetch_through_two_caches(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        b = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        answer = CachedAnswer(b'{"outputs":[1]}', "w:1")
+        assert a.put("affinity:v1:test:1", answer)
+        await a.close()  # waits for the background store
+        assert b.get_local("affinity:v1:test:1") is None
+        assert await b.get_remote("affinity:v1:test:1") == answer
+        assert b.get_local("affinity:v1:test:1") == answer, "a Redis hit is copied into the local layer"
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_oversized_entries_are_not_stored() -> None:
+    async def main() -> None:
+        cache = ResponseCache(1 << 20, max_entry=10)
+        assert not cache.put("k", CachedAnswer(b"x" * 11, "w:1"))
+        assert cache.get_local("k") is None
+
+    asyncio.run(main())
+
+
+def test_redis_down_is_a_miss_and_the_breaker_recovers(logdir: Path) -> None:
+    server = RedisServer(logdir).start()
+    now = [0.0]
+    store = RedisStore(server.url, timeout=0.1, breaker=CircuitBreaker(threshold=3, cooldown=5, clock=lambda: now[0]))
+
+    async def main() -> None:
+        assert await store.set("k", b"v", 60)
+        server.stop()
+        for _ in range(3):
+            assert await asyncio.wait_for(store.get("k"), 1.0) is None
+        assert store.breaker.state == "open"
+        assert await store.get("k") is None and store.errors == 3, "an open breaker does not call Redis"
+        server.start()
+        now[0] = 10.0
+        assert await store.set("k", b"again", 60), "the half-open probe succeeds once Redis is back"
+        assert store.breaker.state == "closed"
+        assert await store.get("k") == b"again"
+        await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

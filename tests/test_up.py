@@ -1,0 +1,102 @@
+"""``affinity up``: starts a cluster, answers an inference, stops leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from tests.harness import free_port, request, wait_until
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    log = (tmp_path / "up.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "up", "--workers", "2", "--models", str(zoo), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        output = wait_until(
+            lambda: (text := (tmp_path / "up.log").read_text()) and "is up" in text and text, timeout=90, interval=0.2
+        )
+        assert f"http://127.0.0.1:{port}" in output
+        children = _children(proc.pid)
+        assert len(children) == 3, "two workers and a balancer"
+
+        # The banner's own curl example works as printed.
+        example = re.search(r"-d '(\{.*\})'", output)
+        assert example is not None
+        model = re.search(r"/v2/models/([^/]+)/infer", output)
+        assert model is not None
+        resp = request(
+            f"http://127.0.0.1:{port}", "POST", f"/v2/models/{model.group(1)}/infer", example.group(1).encode()
+        )
+        assert resp.status == 200, resp.body
+        assert orjson.loads(resp.body)["outputs"]
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)], "no process is left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_up_generates_a_demo_zoo_when_none_is_given(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
+    env["TMPDIR"] = str(tmp_path)
+    log = (tmp_path / "up.log").open("wb")
+    args = ["up", "--workers", "1", "--port", str(port), "--zoo-count", "4", "--zoo-max-size", "1MiB"]
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: "is up" in (tmp_path / "up.log").read_text(), timeout=90, interval=0.2)
+        rows = request(f"http://127.0.0.1:{port}", "POST", "/v2/repository/index", b"{}").json()
+        assert len({r["name"] for r in rows}) == 4
+        zoos = list(tmp_path.glob("affinity-zoo-*"))
+        assert len(zoos) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not zoos[0].exists(), "the generated zoo is removed on exit"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
