@@ -10,6 +10,7 @@ model's own failure (500, 507, any 4xx) is passed through unchanged.
 from __future__ import annotations
 
 import logging
+import time
 
 from balancer.errors import UpstreamError, UpstreamUnavailable
 from balancer.members import Members
@@ -49,6 +50,7 @@ class Router:
         last: UpstreamResponse | None = None
         while True:
             members.begin(worker)
+            started = time.perf_counter()
             try:
                 resp = await self.transport.send(members.urls[worker], method, path, body, content_type)
                 failure = f"status {resp.status}" if resp.status in RETRYABLE_STATUS else ""
@@ -56,6 +58,7 @@ class Router:
                 resp, failure = None, exc.kind
             finally:
                 members.end(worker)
+                self.metrics.upstream_try(worker, time.perf_counter() - started)
             if not failure:
                 self.metrics.route(decision)
                 return resp, worker  # type: ignore[return-value]

@@ -36,27 +36,34 @@ class Transport(Protocol):
 
 
 class AiohttpTransport:
+    """The session is opened on first use, inside the running loop, so a process
+    that fails before sending anything leaves no session behind."""
+
     def __init__(self, connections: int = 512, connect_timeout: float = 1.0, try_timeout: float = 60.0) -> None:
-        self._connector = aiohttp.TCPConnector(
-            limit=connections,
-            limit_per_host=connections,
-            keepalive_timeout=30,
-            enable_cleanup_closed=False,
+        self._connections = connections
+        self._timeout = aiohttp.ClientTimeout(total=try_timeout, sock_connect=connect_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._connections, limit_per_host=self._connections, keepalive_timeout=30
         )
         self._session = aiohttp.ClientSession(
-            connector=self._connector,
-            timeout=aiohttp.ClientTimeout(total=try_timeout, sock_connect=connect_timeout),
+            connector=connector,
+            timeout=self._timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        return self._session
 
     async def send(
         self, base_url: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
     ) -> UpstreamResponse:
         headers = {"Content-Type": content_type} if content_type else None
+        session = self._session or self._open()
         try:
-            async with self._session.request(method, base_url + path, data=body, headers=headers) as resp:
+            async with session.request(method, base_url + path, data=body, headers=headers) as resp:
                 payload = await resp.read()
                 passed = {h: v for h in PASSED_HEADERS if (v := resp.headers.get(h)) is not None}
                 return UpstreamResponse(resp.status, payload, passed)
@@ -68,4 +75,5 @@ class AiohttpTransport:
             raise UpstreamError("reset") from None
 
     async def close(self) -> None:
-        await self._session.close()
+        if self._session is not None:
+            await self._session.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -12,6 +12,12 @@ class CachedAnswer:
     body: bytes  # JSON response body with no "id" member
     served_by: str
     content_type: str = "application/json"
+    # The hit's response headers, encoded once when the entry is made.
+    hit_headers: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        block = f"Content-Type: {self.content_type}\r\nX-Cache: hit\r\nX-Served-By: {self.served_by}\r\n"
+        object.__setattr__(self, "hit_headers", block.encode("latin-1"))
 
     @property
     def size(self) -> int:

@@ -5,7 +5,7 @@ key = blake2b-128 over length-prefixed fields:
     canonical JSON of the request without its ``id``
     (inputs with names, datatypes, shapes and data; requested outputs; parameters).
 
-Length prefixes make collisions across models, versions or namespaces impossible
+Length prefixes (``<len>:<bytes>``) make collisions across models, versions or namespaces impossible
 by construction (``("ab", "c")`` and ``("a", "bc")`` hash different bytes).
 Canonical JSON sorts object keys, so key order and whitespace in the request do
 not matter; the request ``id`` never enters the key and is echoed on hits.
@@ -32,9 +32,7 @@ def canonical_request(request: dict[str, Any]) -> bytes:
 
 
 def cache_key(model: str, version: str, canonical: bytes, namespace: str = "") -> str:
-    digest = blake2b(digest_size=16, person=_PERSON)
-    for field in (namespace.encode(), model.encode(), version.encode()):
-        digest.update(len(field).to_bytes(4, "little"))
-        digest.update(field)
-    digest.update(canonical)
-    return f"{KEY_PREFIX}{model}:{digest.hexdigest()}"
+    ns, name, ver = namespace.encode(), model.encode(), version.encode()
+    framed = b"%d:%s%d:%s%d:%s" % (len(ns), ns, len(name), name, len(ver), ver)
+    digest = blake2b(framed + canonical, digest_size=16, person=_PERSON).hexdigest()
+    return f"{KEY_PREFIX}{model}:{digest}"

@@ -53,6 +53,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise RuntimeError(
+                f"port {port} on {host} is in use: pick another with --port (0: any free port)"
+            ) from None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent exits (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -117,6 +128,8 @@ class Cluster:
 
     def start(self, models: Path) -> str:
         o = self.options
+        if o.port:
+            check_port_free(o.host, o.port)
         cores = os.cpu_count() or 1
         threads = max(1, cores // o.workers)
         urls = []
@@ -161,7 +174,10 @@ class Cluster:
             stop_signal.append(signum)
             raise KeyboardInterrupt
 
+        # Both explicitly: a shell starts background jobs with SIGINT ignored, and
+        # Python keeps an inherited "ignore", so Ctrl-C or kill -INT would do nothing.
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         with contextlib.ExitStack() as stack:
             try:
                 models = self._models_dir(stack)

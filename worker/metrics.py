@@ -1,60 +1,50 @@
-"""The worker's Prometheus metrics, in a registry of its own (no process globals).
+"""The worker's metrics (names as DESIGN.md's Settled points give them).
 
-Label ``model`` only takes names the repository knows; anything else is ``unknown``,
-so a client cannot blow up the series count with made-up names.
+Label ``model`` only takes names the repository knows; anything else is
+``unknown``, so a client cannot blow up the series count with made-up names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from common.metrics import CounterChild, HistogramChild, Registry
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class WorkerMetrics:
     def __init__(self, known_model: Callable[[str], bool]) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         self._known = known_model
-        self.requests = Counter(
-            "affinity_requests",
-            "Requests answered, by outcome.",
-            ["role", "model", "code", "protocol", "cache"],
-            registry=self.registry,
+        r = self.registry
+        self.requests = r.counter(
+            "affinity_requests", "Requests answered, by outcome.", ["role", "model", "code", "protocol", "cache"]
         )
-        self.duration = Histogram(
-            "affinity_request_duration_seconds",
-            "Time from request read to response, by model.",
-            ["role", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.loads = Counter("affinity_model_loads", "Model loads, by source tier.", ["tier"], registry=self.registry)
-        self.load_seconds = Histogram(
-            "affinity_model_load_seconds",
-            "Time to load and warm up a model.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry,
-        )
-        self.resident = Gauge("affinity_models_resident", "Model versions resident in memory.", registry=self.registry)
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-
-    def label(self, model: str) -> str:
-        return model if self._known(model) else "unknown"
+        self.duration = r.histogram(
+            "affinity_request_duration_seconds", "Time from request read to response.", ["role", "model"],
+            LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.loads = r.counter("affinity_model_loads", "Model loads, by source tier.", ["tier"])
+        self.load_seconds = r.histogram(
+            "affinity_model_load_seconds", "Time to load and warm up a model.", (),
+            (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )  # fmt: skip
+        self.resident = r.counter("affinity_model_resident_loads", "Model versions made resident.").labels()
+        self._children: dict[tuple[str, int], tuple[CounterChild, HistogramChild]] = {}
 
     def observe(self, model: str, code: int, seconds: float) -> None:
         key = (model, code)
         children = self._children.get(key)
         if children is None:
-            label = self.label(model)
+            label = model if self._known(model) else "unknown"
             children = (
                 self.requests.labels("worker", label, str(code), "rest", "none"),
                 self.duration.labels("worker", label),
             )
             if label != "unknown":
                 self._children[key] = children
-        children[0].inc()
+        children[0].value += 1
         children[1].observe(seconds)
 
     def model_loaded(self, model: str, seconds: float) -> None:
@@ -63,4 +53,4 @@ class WorkerMetrics:
         self.resident.inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.render()
