@@ -14,13 +14,14 @@ import logging
 import signal
 
 from balancer.config import BalancerConfig
+from balancer.http_client import HttpClient
 from balancer.index import ModelIndex
 from balancer.members import Members
 from balancer.metrics import BalancerMetrics
 from balancer.policy import make_policy
 from balancer.router import Router
 from balancer.server import BalancerService
-from balancer.transport import AiohttpTransport, Transport
+from balancer.transport import Transport
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from common.http_server import HttpServer
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 class Balancer:
     def __init__(self, config: BalancerConfig, transport: Transport | None = None) -> None:
         self.config = config
-        self.transport: Transport = transport or AiohttpTransport(
+        self.transport: Transport = transport or HttpClient(
             config.upstream_connections, config.connect_timeout, config.try_timeout
         )
         members = Members(config.workers)

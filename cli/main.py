@@ -76,6 +76,16 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
     make.set_defaults(run=_run_models_make)
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
+    f = Flags(p, "bench")
+    p.add_argument("scenario", choices=["overhead"], help="overhead: balancer vs nginx vs direct, one run")
+    f.add("--duration", "seconds per row", type=float, default=8.0)
+    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
+    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
+    p.set_defaults(run=_run_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinity", description="affinity-serve: model-affinity load balancing")
     parser.add_argument("--version", action="version", version=f"affinity-serve {__version__}")
@@ -84,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _balancer_parser(sub)
     _worker_parser(sub)
     _models_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -152,6 +163,12 @@ def _run_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return Cluster(options).run()
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from cli.bench import run_overhead
+
+    return run_overhead(args.duration, args.connections, args.models)
 
 
 def _run_models_make(args: argparse.Namespace) -> int:

@@ -99,9 +99,10 @@ class Cluster:
     def __init__(self, options: UpOptions) -> None:
         self.options = options
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._stopping = False
+        self.worker_urls: list[str] = []
 
-    def _spawn(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``affinity <args>`` as a child this cluster stops."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
         env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(
@@ -137,23 +138,23 @@ class Cluster:
             port = free_port(o.host)
             worker_args = ["worker", "--models", str(models), "--host", o.host, "--port", str(port)]
             worker_args += ["--worker-id", f"{o.host}:{port}", "--threads", str(threads), "--log-level", o.log_level]
-            proc = self._spawn("worker", worker_args)
+            proc = self.spawn("worker", worker_args)
             urls.append((f"http://{o.host}:{port}", proc))
         for url, proc in urls:
             wait_ready(url + "/v2/health/ready", proc)
+        self.worker_urls = [u for u, _ in urls]
         port = o.port or free_port(o.host)
         balancer_args = ["balancer", "--workers", ",".join(u for u, _ in urls), "--host", o.host, "--port", str(port)]
         balancer_args += ["--policy", o.policy, "--cache-size", str(o.cache_size), "--log-level", o.log_level]
         if o.redis_url:
             balancer_args += ["--redis-url", o.redis_url]
-        proc = self._spawn("balancer", balancer_args)
+        proc = self.spawn("balancer", balancer_args)
         endpoint = f"http://{o.host}:{port}"
         wait_ready(endpoint + "/v2/health/ready", proc)
         return endpoint
 
     def stop(self) -> None:
         """Balancer first (it stops taking requests), then the workers; SIGKILL stragglers."""
-        self._stopping = True
         for role in ("balancer", "worker"):
             group = [p for r, p in self.procs if r == role and p.poll() is None]
             for proc in group:

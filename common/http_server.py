@@ -3,8 +3,8 @@
 Why not aiohttp's server: measured on one core here, aiohttp's web application
 answers ~6.4k small POSTs a second and its low-level server ~8.3k, while an
 asyncio protocol over httptools answers ~68k (docs/benchmarks.md). The
-balancer's cache-hit path must keep up with nginx (~20k), so the request path
-gets this front; aiohttp stays for the upstream client.
+balancer's cache-hit path must keep up with nginx (~20k), so both servers
+use this front (and the balancer's upstream client is built the same way).
 
 What it does:
 - keep-alive and pipelining (answers in request order, one handler at a time

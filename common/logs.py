@@ -12,5 +12,3 @@ def setup_logging(role: str, level: str = "INFO") -> None:
         stream=sys.stderr,
         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
     )
-    # aiohttp's access log is per request: off at INFO.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
