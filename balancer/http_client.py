@@ -13,7 +13,8 @@ on asyncio protocols with httptools' response parser (docs/benchmarks.md).
   "reset" (closed or garbled before the whole answer). A request that fails on
   a *reused* connection before any response byte is sent once more on a fresh
   one: the server may have closed an idle keep-alive socket as we wrote.
-- Timeouts are one ``call_later`` per try, not a task.
+- Per-try timeouts are deadlines that one sweeper checks every ``TICK``
+  seconds (a set insert per request, not a timer handle: ~0.1 us, not ~1.8).
 """
 
 from __future__ import annotations
@@ -27,15 +28,17 @@ from balancer.errors import UpstreamError
 from balancer.transport import PASSED_HEADERS, UpstreamResponse
 
 _PASSED = {h.lower().encode(): h for h in PASSED_HEADERS}
+TICK = 0.1
 
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_body",
+        "_busy",
         "_headers",
-        "_timer",
         "_waiter",
         "closed",
+        "deadline",
         "got_bytes",
         "keep_alive",
         "last_used",
@@ -44,8 +47,10 @@ class _Conn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, busy: set[_Conn]) -> None:
         self.loop = loop
+        self._busy = busy  # the client's set of connections awaiting an answer
+        self.deadline = 0.0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -53,7 +58,6 @@ class _Conn(asyncio.Protocol):
         self.got_bytes = False
         self.last_used = loop.time()
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
 
@@ -104,15 +108,17 @@ class _Conn(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._waiter = self.loop.create_future()
-        self._timer = self.loop.call_later(timeout, self._fail, "timeout")
+        self.deadline = self.loop.time() + timeout
+        self._busy.add(self)
         self.transport.write(data)
         return self._waiter
 
     def _finish(self) -> None:
         self._waiter = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._busy.discard(self)
+
+    def expire(self) -> None:
+        self._fail("timeout")
 
     def _fail(self, kind: str) -> None:
         waiter = self._waiter
@@ -152,6 +158,16 @@ class HttpClient:
         self.try_timeout = try_timeout
         self.idle_timeout = idle_timeout
         self._pools: dict[str, _Pool] = {}
+        self._busy: set[_Conn] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            for conn in [c for c in self._busy if c.deadline <= now]:
+                conn.expire()
 
     def _pool(self, base_url: str) -> _Pool:
         pool = self._pools.get(base_url)
@@ -164,7 +180,7 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(loop), pool.host, pool.port), self.connect_timeout
+                loop.create_connection(lambda: _Conn(loop, self._busy), pool.host, pool.port), self.connect_timeout
             )
         except (TimeoutError, OSError):
             raise UpstreamError("connect") from None
@@ -190,6 +206,8 @@ class HttpClient:
             head += b"Content-Type: %s\r\n" % content_type.encode("latin-1")
         data = head + b"\r\n" + payload
         loop = asyncio.get_running_loop()
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
         async with pool.slots:
             conn = self._idle(pool, loop.time())
             reused = conn is not None
@@ -215,6 +233,10 @@ class HttpClient:
             return response
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().close()

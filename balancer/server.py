@@ -29,7 +29,7 @@ from balancer.metrics import BalancerMetrics
 from balancer.router import Router
 from balancer.transport import UpstreamResponse
 from cache.entry import CachedAnswer
-from cache.keys import cache_key, canonical_request
+from cache.keys import KeyMemo, cache_key, canonical_request
 from cache.response_cache import ResponseCache
 from common import __version__
 from common.http_router import Router as HttpRouter
@@ -89,6 +89,7 @@ class BalancerService:
         self.cache = cache
         self.metrics = metrics
         self.flights: SingleFlight[Upstream] = SingleFlight()
+        self.key_memo = KeyMemo()
         self.draining = False
 
     def routes(self) -> HttpRouter:
@@ -140,7 +141,17 @@ class BalancerService:
     def _infer_known(self, request: Request, info: ModelInfo, started: float) -> Outcome:
         """Everything that can be decided without waiting; a hit is answered here."""
         version = resolve_version(info, request.match.get("version"))
-        obj = loads_object(request.body)
+        body = request.body
+        memo = self.key_memo.eligible(body) and info.cacheable and info.deterministic
+        if memo and "cache-control" not in request.headers:
+            # A payload seen before: its key is known, no JSON work at all.
+            known = self.key_memo.get(info.name, version, body)
+            if known is not None:
+                hit = self.cache.get_local(known)
+                if hit is not None:
+                    self.metrics.hit("local")
+                    return self._hit(request, hit, None, started)
+        obj = loads_object(body)
         request_id = obj.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise BadRequest("'id' must be a string")
@@ -148,6 +159,8 @@ class BalancerService:
         key = None
         if info.cacheable and info.deterministic and (lookup or store):
             key = cache_key(info.name, version, canonical_request(obj))
+            if memo:
+                self.key_memo.put(info.name, version, body, key)
             if lookup:
                 hit = self.cache.get_local(key)
                 if hit is not None:

@@ -36,3 +36,30 @@ def cache_key(model: str, version: str, canonical: bytes, namespace: str = "") -
     framed = b"%d:%s%d:%s%d:%s" % (len(ns), ns, len(name), name, len(ver), ver)
     digest = blake2b(framed + canonical, digest_size=16, person=_PERSON).hexdigest()
     return f"{KEY_PREFIX}{model}:{digest}"
+
+
+class KeyMemo:
+    """Remembers the key of a request body seen before, so a repeated payload
+    skips JSON parsing and canonicalisation on the hit path.
+
+    Sound because the key is a pure function of (model, version, raw body).
+    Only bodies without an ``"id"`` member text are remembered (an id must be
+    read to be echoed) and only up to ``max_body`` bytes; the memo forgets
+    everything when it reaches ``max_entries`` (a bound, not a policy).
+    """
+
+    def __init__(self, max_entries: int = 8192, max_body: int = 4096) -> None:
+        self.max_entries = max_entries
+        self.max_body = max_body
+        self._keys: dict[tuple[str, str, bytes], str] = {}
+
+    def eligible(self, body: bytes) -> bool:
+        return len(body) <= self.max_body and b'"id"' not in body
+
+    def get(self, model: str, version: str, body: bytes) -> str | None:
+        return self._keys.get((model, version, body))
+
+    def put(self, model: str, version: str, body: bytes, key: str) -> None:
+        if len(self._keys) >= self.max_entries:
+            self._keys.clear()
+        self._keys[(model, version, body)] = key
