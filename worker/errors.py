@@ -16,6 +16,10 @@ class ModelLoadFailed(ProtocolError):
     status = 500
 
 
+class ModelExecutionFailed(ProtocolError):
+    status = 500
+
+
 class ModelTooLarge(ProtocolError):
     status = 507
 

@@ -30,6 +30,9 @@ class WorkerMetrics:
             "affinity_model_load_seconds", "Time to load and warm up a model.", (),
             (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )  # fmt: skip
+        self.batch_size = r.histogram(
+            "affinity_batch_size", "Rows per forward pass.", ["model"], (1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
         self.resident = r.counter("affinity_model_resident_loads", "Model versions made resident.").labels()
         self._children: dict[tuple[str, int], tuple[CounterChild, HistogramChild]] = {}
 
@@ -46,6 +49,13 @@ class WorkerMetrics:
                 self._children[key] = children
         children[0].value += 1
         children[1].observe(seconds)
+
+    def batch(self, model: str, rows: int) -> None:
+        """Called from the inference pool; a float add per batch needs no lock in CPython."""
+        self.batch_size.labels(self.label(model)).observe(rows)
+
+    def label(self, model: str) -> str:
+        return model if self._known(model) else "unknown"
 
     def model_loaded(self, model: str, seconds: float) -> None:
         self.loads.labels("disk").inc()

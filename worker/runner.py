@@ -1,8 +1,9 @@
-"""Execute one inference: decode, check against the model's interface, run, encode.
+"""The steps of one inference: decode, check against the model's interface, run, encode.
 
-Everything here is CPU work and runs in the worker's inference thread pool,
-never on the event loop. Checks happen before any side effect: a request that
-does not match the model's metadata is a 400 and never reaches torch.
+Everything here is CPU work and runs in the worker's inference thread pool
+(the batcher calls it), never on the event loop. Checks happen before any side
+effect: a request that does not match the model's metadata is a 400 and never
+reaches torch.
 """
 
 from __future__ import annotations
@@ -76,9 +77,8 @@ def run_module(model: LoadedModel, arrays: list[np.ndarray]) -> list[np.ndarray]
     return [o.contiguous().numpy() for o in outs]
 
 
-def execute(model: LoadedModel, request: InferRequest) -> bytes:
-    arrays = check_request(request, model.config)
-    results = run_module(model, arrays)
+def encode_answer(model: LoadedModel, request: InferRequest, results: list[np.ndarray]) -> bytes:
+    """The V2 answer for one request: the outputs it asked for (all by default), its id first."""
     wanted = None if request.outputs is None else {o.name for o in request.outputs}
     outputs = [
         Tensor(spec.name, spec.datatype, tuple(arr.shape), arr)
@@ -93,10 +93,6 @@ def decode_and_check(body: bytes, config: ModelConfig, max_elements: int) -> Inf
     request = decode_infer_request(body, max_elements)
     check_request(request, config)
     return request
-
-
-def decode_and_execute(model: LoadedModel, body: bytes, max_elements: int) -> bytes:
-    return execute(model, decode_infer_request(body, max_elements))
 
 
 def warm_up(model: LoadedModel) -> None:

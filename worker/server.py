@@ -1,6 +1,6 @@
 """The worker's V2 REST handlers: health, metadata, inference, repository index.
 
-A thin layer over the repository, the registry and the runner. CPU work
+A thin layer over the repository, the registry and the batcher. CPU work
 (decoding, torch, encoding) runs in the inference pool; the event loop only
 moves bytes.
 """
@@ -21,13 +21,14 @@ from protocol.json_codec import loads_object
 from protocol.names import check_name, check_version
 from protocol.rest import JSON, json_response, render_error
 from protocol.types import IndexEntry, ModelMetadata, ServerMetadata
+from worker.batcher import Batcher
 from worker.config import WorkerConfig
 from worker.errors import ModelLoadFailed
 from worker.metrics import WorkerMetrics
 from worker.model_config import ModelConfig
 from worker.registry import ModelRegistry
 from worker.repository import ModelVersion, Repository
-from worker.runner import decode_and_check, decode_and_execute, execute
+from worker.runner import decode_and_check
 from worker.triton_config import triton_model_config
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class WorkerService:
         self.metrics = WorkerMetrics(self.repository.has)
         self.registry = ModelRegistry(self.metrics, config.max_loads)
         self.pool = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="infer")
+        self.batcher = Batcher(self.pool, asyncio.get_running_loop(), config.max_elements, self.metrics.batch)
         self.ready = False
         self.inflight = 0
 
@@ -86,15 +88,15 @@ class WorkerService:
             config = _usable(entry)
             loop = asyncio.get_running_loop()
             model = self.registry.resident(entry)
-            limit = self.config.max_elements
             if model is not None:
                 source = "cpu"
-                answer = await loop.run_in_executor(self.pool, decode_and_execute, model, request.body, limit)
+                answer = await self.batcher.submit(model, request.body)
             else:
                 # Check the request before paying for a load (validate before any side effect).
+                limit = self.config.max_elements
                 parsed = await loop.run_in_executor(self.pool, decode_and_check, request.body, config, limit)
                 model, source = await self.registry.acquire(entry)
-                answer = await loop.run_in_executor(self.pool, execute, model, parsed)
+                answer = await self.batcher.submit(model, parsed)
             code = 200
             return Response(200, answer, JSON, {"X-Model-Source": source})
         except ProtocolError as exc:

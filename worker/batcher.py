@@ -1,0 +1,159 @@
+"""Dynamic batching per model: requests that queue up run as one batch.
+
+Why: handing each request to the inference pool on its own costs a thread
+switch and a GIL hand-off per request; measured here, that halved a worker's
+throughput on a small MLP (1.5k vs 3.0k req/s when run inline). Batching pays
+that once per batch, and one forward over N rows costs far less than N
+forwards.
+
+How: each model has a queue. A request joins its model's queue; if no drain
+is running for the model, one is started in the pool. A drain takes everything
+queued (up to ``max_batch_size`` rows per forward), decodes and checks each
+request (a bad one fails alone), runs one forward per group of same-shaped
+inputs, splits the outputs back, encodes each answer, and resolves the whole
+batch's futures with one ``call_soon_threadsafe``. It then looks again, and
+ends when the queue is empty. There is no waiting window: a lone request is
+never delayed, and batches form only under load, while a drain is busy
+(Triton's dynamic batcher with ``max_queue_delay`` 0; a delay knob can come
+with the memory manager).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol.errors import ProtocolError
+from protocol.json_codec import decode_infer_request
+from protocol.types import InferRequest
+from worker.errors import ModelExecutionFailed
+from worker.runner import LoadedModel, check_request, encode_answer, run_module
+
+# A queued request: its raw body (or an already decoded request), and where its answer goes.
+Item = tuple[bytes | InferRequest, asyncio.Future[bytes]]
+# A decoded, checked request: its input arrays in the model's order, and where its answer goes.
+Ready = tuple[InferRequest, list[np.ndarray], asyncio.Future[bytes]]
+Shape = tuple[tuple[int, ...], ...]
+
+
+@dataclass(slots=True)
+class _Queue:
+    items: deque[Item]
+    running: bool = False
+
+
+class Batcher:
+    def __init__(
+        self,
+        pool: Executor,
+        loop: asyncio.AbstractEventLoop,
+        max_elements: int,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._max_elements = max_elements
+        self._on_batch = on_batch
+        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, model: LoadedModel, request: bytes | InferRequest) -> asyncio.Future[bytes]:
+        """Queue one request for ``model``; the future resolves to the encoded answer."""
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        key = (model.name, model.version)
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = _Queue(deque())
+            queue.items.append((request, future))
+            start = not queue.running
+            queue.running = True
+        if start:
+            self._pool.submit(self._drain, model, queue)
+        return future
+
+    def _drain(self, model: LoadedModel, queue: _Queue) -> None:
+        """Runs in the pool: batches until the model's queue is empty."""
+        while True:
+            with self._lock:
+                if not queue.items:
+                    queue.running = False
+                    return
+                items = list(queue.items)
+                queue.items.clear()
+            outcomes = self._run(model, items)
+            self._loop.call_soon_threadsafe(_resolve, outcomes)
+
+    def _run(self, model: LoadedModel, items: list[Item]) -> list[tuple[asyncio.Future[bytes], bytes | BaseException]]:
+        outcomes: list[tuple[asyncio.Future[bytes], bytes | BaseException]] = []
+        ready: list[Ready] = []
+        for raw, future in items:
+            try:
+                request = raw if isinstance(raw, InferRequest) else decode_infer_request(raw, self._max_elements)
+                ready.append((request, check_request(request, model.config), future))
+            except ProtocolError as exc:
+                outcomes.append((future, exc))
+        for group in _groups(ready, model.config.max_batch_size):
+            try:
+                results = _forward(model, [arrays for _, arrays, _ in group])
+                if self._on_batch is not None:
+                    self._on_batch(model.name, sum(arrays[0].shape[0] for _, arrays, _ in group))
+            except Exception as exc:  # torch raises a wide range; the batch fails, the worker stays up
+                failure = ModelExecutionFailed(f"model '{model.name}' failed to run ({type(exc).__name__})")
+                outcomes.extend((future, failure) for _, _, future in group)
+                continue
+            for (request, _, future), outputs in zip(group, results, strict=True):
+                try:
+                    outcomes.append((future, encode_answer(model, request, outputs)))
+                except Exception as exc:
+                    outcomes.append((future, exc))
+        return outcomes
+
+
+def _groups(ready: list[Ready], max_batch: int) -> list[list[Ready]]:
+    """Requests whose inputs agree on every dimension but the first, in batches of
+    at most ``max_batch`` rows (each request alone when the model has no batch dimension)."""
+    if max_batch <= 0:
+        return [[entry] for entry in ready]
+    by_shape: dict[
+        tuple[tuple[int, ...], ...], list[list[tuple[InferRequest, list[np.ndarray], asyncio.Future[bytes]]]]
+    ]
+    by_shape = {}
+    rows: dict[tuple[tuple[int, ...], ...], int] = {}
+    for entry in ready:
+        shape = tuple(a.shape[1:] for a in entry[1])
+        n = entry[1][0].shape[0]
+        batches = by_shape.setdefault(shape, [[]])
+        if batches[-1] and rows[shape] + n > max_batch:
+            batches.append([])
+            rows[shape] = 0
+        batches[-1].append(entry)
+        rows[shape] = rows.get(shape, 0) + n
+    return [batch for batches in by_shape.values() for batch in batches]
+
+
+def _forward(model: LoadedModel, inputs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """One forward over the concatenated inputs, split back per request."""
+    if len(inputs) == 1:
+        return [run_module(model, inputs[0])]
+    stacked = [np.concatenate(column) for column in zip(*inputs, strict=True)]
+    outputs = run_module(model, stacked)
+    bounds = np.cumsum([arrays[0].shape[0] for arrays in inputs])[:-1]
+    per_output = [np.split(out, bounds) for out in outputs]
+    return [list(parts) for parts in zip(*per_output, strict=True)]
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[bytes], bytes | BaseException]]) -> None:
+    for future, outcome in outcomes:
+        if future.done():  # the caller went away
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
