@@ -36,7 +36,7 @@ from common.http_router import Router as HttpRouter
 from common.http_server import Request, Response
 from common.singleflight import SingleFlight
 from protocol.errors import BadRequest, NotFound, ProtocolError
-from protocol.json_codec import loads_object, splice_id, strip_id
+from protocol.json_body import loads_object, splice_id, strip_id
 from protocol.names import check_name, check_version
 from protocol.rest import JSON, json_response
 from protocol.types import ServerMetadata

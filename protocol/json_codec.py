@@ -16,22 +16,12 @@ import orjson
 
 from protocol.datatypes import ACCEPTED_KINDS, NUMPY_DTYPES
 from protocol.errors import BadRequest, PayloadTooLarge
+from protocol.json_body import loads_object
 from protocol.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
 MAX_RANK = 16
 MAX_TENSORS = 256
 DEFAULT_MAX_ELEMENTS = 1 << 26
-
-
-def loads_object(body: bytes, what: str = "request body") -> dict[str, Any]:
-    """Parse a JSON object, or raise BadRequest naming what was malformed."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON in {what}: {exc.args[0]}") from None
-    if not isinstance(obj, dict):
-        raise BadRequest(f"{what} must be a JSON object")
-    return obj
 
 
 def decode_infer_request(body: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> InferRequest:
@@ -118,24 +108,39 @@ def _decode_data(name: str, datatype: str, data: Any, count: int) -> np.ndarray:
         arr = np.empty(len(flat), dtype=object)
         arr[:] = [s.encode() for s in flat]
     else:
+        target = NUMPY_DTYPES[datatype]
         try:
             arr = np.asarray(data)
+            if target.kind in "iu" and arr.dtype.kind in "fO" and arr.size:
+                # numpy inferred floats or objects (e.g. UINT64 values past INT64's range):
+                # check each value is a whole integer, then convert exactly.
+                arr = _exact_integers(name, datatype, np.asarray(data, dtype=object), target)
         except ValueError:
             raise BadRequest(f"input '{name}': 'data' is ragged or mixes types") from None
         if arr.size:
             if arr.dtype.kind not in ACCEPTED_KINDS[datatype]:
                 raise BadRequest(f"input '{name}': data does not match datatype {datatype}")
-            target = NUMPY_DTYPES[datatype]
             if target.kind in "iu":
                 info = np.iinfo(target)
                 if arr.min() < info.min or arr.max() > info.max:
                     raise BadRequest(f"input '{name}': values out of range for {datatype}")
             arr = arr.astype(target, copy=False)
         else:
-            arr = np.empty(0, dtype=NUMPY_DTYPES[datatype])
+            arr = np.empty(0, dtype=target)
     if arr.size != count:
         raise BadRequest(f"input '{name}': data has {arr.size} elements but shape needs {count}")
     return arr
+
+
+def _exact_integers(name: str, datatype: str, values: np.ndarray, target: np.dtype) -> np.ndarray:
+    info = np.iinfo(target)
+    flat = values.ravel().tolist()
+    for v in flat:
+        if type(v) is not int:
+            raise BadRequest(f"input '{name}': data does not match datatype {datatype}")
+        if not info.min <= v <= info.max:
+            raise BadRequest(f"input '{name}': values out of range for {datatype}")
+    return np.array(flat, dtype=target).reshape(values.shape)
 
 
 def _flatten_strings(name: str, data: list[Any]) -> list[str]:
@@ -222,35 +227,3 @@ def decode_infer_response(body: bytes) -> InferResponse:
         outputs=outputs,
         parameters=obj.get("parameters"),
     )
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
-def _id_prefix(request_id: str) -> bytes:
-    return b'{"id":' + orjson.dumps(request_id) + b","
-
-
-def strip_id(body: bytes, request_id: str | None) -> bytes:
-    """The response body without its ``id`` member.
-
-    Our worker writes ``id`` first, so this is a slice; any other server's body
-    is parsed and re-serialised (orjson keeps member order and float text)."""
-    if request_id is None:
-        return body
-    prefix = _id_prefix(request_id)
-    if body.startswith(prefix):
-        return b"{" + body[len(prefix) :]
-    obj = orjson.loads(body)
-    obj.pop("id", None)
-    return orjson.dumps(obj)
-
-
-def splice_id(body: bytes, request_id: str | None) -> bytes:
-    """Put a request's ``id`` first into an id-free response body."""
-    if request_id is None:
-        return body
-    if body == b"{}":
-        return b'{"id":' + orjson.dumps(request_id) + b"}"
-    return _id_prefix(request_id) + body[1:]

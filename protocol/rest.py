@@ -14,7 +14,7 @@ import orjson
 
 from common.http_server import HttpError, Response
 from protocol.errors import ProtocolError
-from protocol.json_codec import error_body
+from protocol.json_body import error_body
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ bytes and back. Tensor data is a numpy array already in the tensor's shape.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the balancer imports these types without numpy
+    import numpy as np
 
 Parameters = dict[str, Any]
 

@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 
 from protocol.datatypes import NUMPY_DTYPES, v2_datatype
 from protocol.errors import BadRequest, PayloadTooLarge
+from protocol.json_body import splice_id, strip_id
 from protocol.json_codec import (
     decode_infer_request,
     decode_infer_response,
     encode_infer_request,
     encode_infer_response,
-    splice_id,
-    strip_id,
 )
 from protocol.names import is_valid_name
 from protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -95,6 +94,17 @@ def test_nested_data_is_accepted_and_reshaped() -> None:
 def test_decoding_rejects_what_numpy_would_let_slip(datatype: str, data: object, words: str) -> None:
     body = {"inputs": [{"name": "x", "datatype": datatype, "shape": [1], "data": data}]}
     with pytest.raises(BadRequest, match=words):
+        decode_infer_request(orjson.dumps(body))
+
+
+def test_64_bit_integers_decode_exactly() -> None:
+    """numpy's inference turns [0, 2**64 - 1] into float64; the codec must not."""
+    for datatype, values in (("UINT64", [0, 2**64 - 1]), ("INT64", [-(2**63), 2**63 - 1, 0])):
+        body = {"inputs": [{"name": "x", "datatype": datatype, "shape": [len(values)], "data": values}]}
+        (tensor,) = decode_infer_request(orjson.dumps(body)).inputs
+        assert tensor.data.tolist() == values
+    with pytest.raises(BadRequest, match="datatype"):
+        body = {"inputs": [{"name": "x", "datatype": "UINT64", "shape": [2], "data": [2**64 - 1, 0.5]}]}
         decode_infer_request(orjson.dumps(body))
 
 

@@ -17,7 +17,7 @@ from common import __version__
 from common.http_router import Router
 from common.http_server import HttpServer, Request, Response
 from protocol.errors import BadRequest, ProtocolError
-from protocol.json_codec import loads_object
+from protocol.json_body import loads_object
 from protocol.names import check_name, check_version
 from protocol.rest import JSON, json_response, render_error
 from protocol.types import IndexEntry, ModelMetadata, ServerMetadata
