@@ -38,7 +38,7 @@ from common.singleflight import SingleFlight
 from protocol.errors import BadRequest, NotFound, ProtocolError
 from protocol.json_body import loads_object, splice_id, strip_id
 from protocol.names import check_name, check_version
-from protocol.rest import JSON, json_response
+from protocol.rest import JSON, V2Handlers, json_response, v2_router
 from protocol.types import ServerMetadata
 
 SERVER_NAME = "affinity-serve"
@@ -93,19 +93,20 @@ class BalancerService:
         self.draining = False
 
     def routes(self) -> HttpRouter:
-        http = HttpRouter()
-        v = "/versions/{version}"
-        for prefix in ("/v2/models/{name}", "/v2/models/{name}" + v):
-            http.add("POST", prefix + "/infer", self.infer)
-        http.add("GET", "/v2/health/ready", self.ready)
-        http.add("GET", "/v2/health/live", self.live)
-        http.add("GET", "/v2", self.server_metadata)
-        for prefix in ("/v2/models/{name}", "/v2/models/{name}" + v):
-            for suffix in ("", "/ready", "/config"):
-                http.add("GET", prefix + suffix, self.model_get)
-        http.add("POST", "/v2/repository/index", self.repository_index)
-        http.add("GET", "/metrics", self.render_metrics)
-        return http
+        model_get = self.model_get
+        return v2_router(
+            V2Handlers(
+                infer=self.infer,
+                live=self.live,
+                ready=self.ready,
+                server_metadata=self.server_metadata,
+                model_metadata=model_get,
+                model_ready=model_get,
+                model_config=model_get,
+                repository_index=self.repository_index,
+                metrics=self.render_metrics,
+            )
+        )
 
     # inference
 

@@ -143,3 +143,49 @@ class Registry(Collector):
 
     def render(self) -> bytes:
         return generate_latest(self.prometheus)
+
+
+class RequestMetrics:
+    """``affinity_requests_total`` {role, model, code, protocol, cache} and
+    ``affinity_request_duration_seconds`` {role, model} for one process role.
+
+    ``model`` only takes names ``known_model`` accepts (anything else counts as
+    ``unknown``, so made-up names cannot blow up the series count); the
+    children for a (model, code, cache) triple are looked up once and kept.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        role: str,
+        known_model: Callable[[str], bool],
+        buckets: Sequence[float],
+        protocol: str = "rest",
+    ) -> None:
+        self.role = role
+        self.protocol = protocol
+        self._known = known_model
+        self.requests = registry.counter(
+            "affinity_requests", "Requests answered, by outcome.", ["role", "model", "code", "protocol", "cache"]
+        )
+        self.duration = registry.histogram(
+            "affinity_request_duration_seconds", "Time from request read to response.", ["role", "model"], buckets
+        )
+        self._children: dict[tuple[str, int, str], tuple[CounterChild, HistogramChild]] = {}
+
+    def label(self, model: str) -> str:
+        return model if self._known(model) else "unknown"
+
+    def observe(self, model: str, code: int, cache: str, seconds: float) -> None:
+        key = (model, code, cache)
+        children = self._children.get(key)
+        if children is None:
+            label = self.label(model)
+            children = (
+                self.requests.labels(self.role, label, str(code), self.protocol, cache),
+                self.duration.labels(self.role, label),
+            )
+            if label != "unknown":
+                self._children[key] = children
+        children[0].value += 1
+        children[1].observe(seconds)

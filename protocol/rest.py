@@ -9,10 +9,12 @@ unexpected is logged and answered as a plain 500, never a stack trace.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import orjson
 
-from common.http_server import HttpError, Response
+from common.http_router import Router
+from common.http_server import Handler, HttpError, Response
 from protocol.errors import ProtocolError
 from protocol.json_body import error_body
 
@@ -35,3 +37,38 @@ def render_error(exc: BaseException) -> Response:
         return error_response(exc.status, exc.message)
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "internal error")
+
+
+@dataclass(frozen=True, slots=True)
+class V2Handlers:
+    """One handler per V2 REST route; both servers serve exactly these paths."""
+
+    infer: Handler
+    live: Handler
+    ready: Handler
+    server_metadata: Handler
+    model_metadata: Handler
+    model_ready: Handler
+    model_config: Handler
+    repository_index: Handler
+    metrics: Handler
+
+
+def v2_router(h: V2Handlers) -> Router:
+    """The Open Inference Protocol's paths (plus Triton's ``/config``, the
+    repository index and ``/metrics``), with and without ``/versions/{version}``;
+    infer first, the hot route."""
+    router = Router()
+    prefixes = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for prefix in prefixes:
+        router.add("POST", prefix + "/infer", h.infer)
+    router.add("GET", "/v2/health/ready", h.ready)
+    router.add("GET", "/v2/health/live", h.live)
+    router.add("GET", "/v2", h.server_metadata)
+    for prefix in prefixes:
+        router.add("GET", prefix, h.model_metadata)
+        router.add("GET", prefix + "/ready", h.model_ready)
+        router.add("GET", prefix + "/config", h.model_config)
+    router.add("POST", "/v2/repository/index", h.repository_index)
+    router.add("GET", "/metrics", h.metrics)
+    return router

@@ -11,7 +11,7 @@ is running for the model, one is started in the pool. A drain takes everything
 queued (up to ``max_batch_size`` rows per forward), decodes and checks each
 request (a bad one fails alone), runs one forward per group of same-shaped
 inputs, splits the outputs back, encodes each answer, and resolves the whole
-batch's futures with one ``call_soon_threadsafe``. It then looks again, and
+batch's futures (and records its size) with one ``call_soon_threadsafe``. It then looks again, and
 ends when the queue is empty. There is no waiting window: a lone request is
 never delayed, and batches form only under load, while a drain is busy
 (Triton's dynamic batcher with ``max_queue_delay`` 0; a delay knob can come
@@ -40,6 +40,7 @@ Item = tuple[bytes | InferRequest, asyncio.Future[bytes]]
 # A decoded, checked request: its input arrays in the model's order, and where its answer goes.
 Ready = tuple[InferRequest, list[np.ndarray], asyncio.Future[bytes]]
 Shape = tuple[tuple[int, ...], ...]
+Outcome = tuple[asyncio.Future[bytes], bytes | BaseException]
 
 
 @dataclass(slots=True)
@@ -87,11 +88,26 @@ class Batcher:
                     return
                 items = list(queue.items)
                 queue.items.clear()
-            outcomes = self._run(model, items)
-            self._loop.call_soon_threadsafe(_resolve, outcomes)
+            rows: list[int] = []
+            outcomes = self._run(model, items, rows)
+            self._loop.call_soon_threadsafe(self._deliver, model.name, rows, outcomes)
 
-    def _run(self, model: LoadedModel, items: list[Item]) -> list[tuple[asyncio.Future[bytes], bytes | BaseException]]:
-        outcomes: list[tuple[asyncio.Future[bytes], bytes | BaseException]] = []
+    def _deliver(self, name: str, rows: list[int], outcomes: list[Outcome]) -> None:
+        """On the event loop: record the batch sizes, resolve the futures."""
+        if self._on_batch is not None:
+            for n in rows:
+                self._on_batch(name, n)
+        for future, outcome in outcomes:
+            if future.done():  # the caller went away
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _run(self, model: LoadedModel, items: list[Item], rows: list[int]) -> list[Outcome]:
+        """In the pool: decode, check, forward, encode; ``rows`` gets each forward's size."""
+        outcomes: list[Outcome] = []
         ready: list[Ready] = []
         for raw, future in items:
             try:
@@ -102,8 +118,7 @@ class Batcher:
         for group in _groups(ready, model.config.max_batch_size):
             try:
                 results = _forward(model, [arrays for _, arrays, _ in group])
-                if self._on_batch is not None:
-                    self._on_batch(model.name, sum(arrays[0].shape[0] for _, arrays, _ in group))
+                rows.append(sum(arrays[0].shape[0] for _, arrays, _ in group))
             except Exception as exc:  # torch raises a wide range; the batch fails, the worker stays up
                 failure = ModelExecutionFailed(f"model '{model.name}' failed to run ({type(exc).__name__})")
                 outcomes.extend((future, failure) for _, _, future in group)
@@ -147,13 +162,3 @@ def _forward(model: LoadedModel, inputs: list[list[np.ndarray]]) -> list[list[np
     bounds = np.cumsum([arrays[0].shape[0] for arrays in inputs])[:-1]
     per_output = [np.split(out, bounds) for out in outputs]
     return [list(parts) for parts in zip(*per_output, strict=True)]
-
-
-def _resolve(outcomes: list[tuple[asyncio.Future[bytes], bytes | BaseException]]) -> None:
-    for future, outcome in outcomes:
-        if future.done():  # the caller went away
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)

@@ -19,7 +19,7 @@ from common.http_server import HttpServer, Request, Response
 from protocol.errors import BadRequest, ProtocolError
 from protocol.json_body import loads_object
 from protocol.names import check_name, check_version
-from protocol.rest import JSON, json_response, render_error
+from protocol.rest import JSON, V2Handlers, json_response, render_error, v2_router
 from protocol.types import IndexEntry, ModelMetadata, ServerMetadata
 from worker.batcher import Batcher
 from worker.config import WorkerConfig
@@ -58,20 +58,19 @@ class WorkerService:
         self.inflight = 0
 
     def routes(self) -> Router:
-        http = Router()
-        v = "/versions/{version}"
-        for prefix in ("/v2/models/{name}", "/v2/models/{name}" + v):
-            http.add("POST", prefix + "/infer", self.infer)
-        http.add("GET", "/v2/health/ready", self.health_ready)
-        http.add("GET", "/v2/health/live", self.live)
-        http.add("GET", "/v2", self.server_metadata)
-        for prefix in ("/v2/models/{name}", "/v2/models/{name}" + v):
-            http.add("GET", prefix, self.model_metadata)
-            http.add("GET", prefix + "/ready", self.model_ready)
-            http.add("GET", prefix + "/config", self.model_config)
-        http.add("POST", "/v2/repository/index", self.repository_index)
-        http.add("GET", "/metrics", self.render_metrics)
-        return http
+        return v2_router(
+            V2Handlers(
+                infer=self.infer,
+                live=self.live,
+                ready=self.health_ready,
+                server_metadata=self.server_metadata,
+                model_metadata=self.model_metadata,
+                model_ready=self.model_ready,
+                model_config=self.model_config,
+                repository_index=self.repository_index,
+                metrics=self.render_metrics,
+            )
+        )
 
     def _entry(self, request: Request) -> ModelVersion:
         name = check_name(request.match["name"])
