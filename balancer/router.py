@@ -67,10 +67,11 @@ class Router:
             tried.append(worker)
             remaining = [c for c in candidates if c not in tried and c in members.urls]
             if len(tried) > self.max_retries or not remaining:
-                log.warning("model %s: no worker answered after %d tries (last: %s)", model, len(tried), failure)
+                # Per request, so DEBUG: a down worker must not turn into a log line per request.
+                log.debug("model %s: no worker answered after %d tries (last: %s)", model, len(tried), failure)
                 if last is not None:
                     return last, worker
                 raise UpstreamUnavailable("no worker could answer this request")
-            log.info("model %s: %s from %s, retrying on the next worker", model, failure, worker)
+            log.debug("model %s: %s from %s, retrying on the next worker", model, failure, worker)
             worker = self.policy.choose(model, remaining, members.inflight)
             decision = "retry"

@@ -38,7 +38,7 @@ from common.singleflight import SingleFlight
 from protocol.errors import BadRequest, NotFound, ProtocolError
 from protocol.json_body import loads_object, splice_id, strip_id
 from protocol.names import check_name, check_version
-from protocol.rest import JSON, V2Handlers, json_response, v2_router
+from protocol.rest import JSON, V2Handlers, check_json_request, json_response, v2_router
 from protocol.types import ServerMetadata
 
 SERVER_NAME = "affinity-serve"
@@ -142,6 +142,7 @@ class BalancerService:
     def _infer_known(self, request: Request, info: ModelInfo, started: float) -> Outcome:
         """Everything that can be decided without waiting; a hit is answered here."""
         version = resolve_version(info, request.match.get("version"))
+        check_json_request(request.headers)
         body = request.body
         memo = self.key_memo.eligible(body) and info.cacheable and info.deterministic
         if memo and "cache-control" not in request.headers:

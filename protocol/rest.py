@@ -15,7 +15,7 @@ import orjson
 
 from common.http_router import Router
 from common.http_server import Handler, HttpError, Response
-from protocol.errors import ProtocolError
+from protocol.errors import BadRequest, ProtocolError
 from protocol.json_body import error_body
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,15 @@ def json_response(obj: object, status: int = 200, headers: dict[str, str] | None
 def error_response(status: int, message: str) -> Response:
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return Response(status, error_body(message), JSON, headers)
+
+
+BINARY_HEADER = "inference-header-content-length"
+
+
+def check_json_request(headers: dict[str, str]) -> None:
+    """Refuse, clearly, a request in the binary tensor data extension (not served yet)."""
+    if BINARY_HEADER in headers:
+        raise BadRequest("the binary tensor data extension is not supported yet: send the request as JSON")
 
 
 def render_error(exc: BaseException) -> Response:

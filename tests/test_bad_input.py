@@ -85,6 +85,18 @@ def test_bad_input_is_a_clear_4xx(
         assert "Traceback" not in error and "/" not in error.replace("/v2", "")
 
 
+def test_binary_extension_is_refused_clearly(balancer: Server, workers: list[Server]) -> None:
+    header = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"parameters":{"binary_data_size":256}}]}'
+    body = header + bytes(256)
+    for target in _targets(balancer, workers):
+        resp = request(
+            target.url, "POST", "/v2/models/mlp-00/infer", body,
+            {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+        assert resp.status == 400
+        assert "binary tensor data extension" in resp.json()["error"]
+
+
 def test_service_healthy_after_bad_input(balancer: Server, workers: list[Server], zoo: Path) -> None:
     for case in CASES:
         request(balancer.url, "POST", f"/v2/models/{case[1]}/infer", case[2])

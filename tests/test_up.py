@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.harness import free_port, request, wait_until
+from tests.harness import RedisServer, free_port, request, wait_until
 
 
 def _children(pid: int) -> set[int]:
@@ -79,17 +79,23 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
         log.close()
 
 
-def test_up_generates_a_demo_zoo_when_none_is_given(tmp_path: Path) -> None:
+def test_up_generates_a_demo_zoo_and_uses_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env["TMPDIR"] = str(tmp_path)
     log = (tmp_path / "up.log").open("wb")
     args = ["up", "--workers", "1", "--port", str(port), "--zoo-count", "4", "--zoo-max-size", "1MiB"]
+    args += ["--redis-url", redis_server.url]
+    with redis_server.client() as client:
+        client.flushdb()
     proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_until(lambda: "is up" in (tmp_path / "up.log").read_text(), timeout=90, interval=0.2)
         rows = request(f"http://127.0.0.1:{port}", "POST", "/v2/repository/index", b"{}").json()
         assert len({r["name"] for r in rows}) == 4
+        # The banner's example request was answered and stored in the shared Redis layer.
+        with redis_server.client() as client:
+            wait_until(lambda: client.dbsize() > 0)
         zoos = list(tmp_path.glob("affinity-zoo-*"))
         assert len(zoos) == 1
         proc.send_signal(signal.SIGTERM)

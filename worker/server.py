@@ -19,7 +19,7 @@ from common.http_server import HttpServer, Request, Response
 from protocol.errors import BadRequest, ProtocolError
 from protocol.json_body import loads_object
 from protocol.names import check_name, check_version
-from protocol.rest import JSON, V2Handlers, json_response, render_error, v2_router
+from protocol.rest import JSON, V2Handlers, check_json_request, json_response, render_error, v2_router
 from protocol.types import IndexEntry, ModelMetadata, ServerMetadata
 from worker.batcher import Batcher
 from worker.config import WorkerConfig
@@ -85,6 +85,7 @@ class WorkerService:
         try:
             entry = self._entry(request)
             config = _usable(entry)
+            check_json_request(request.headers)
             loop = asyncio.get_running_loop()
             model = self.registry.resident(entry)
             if model is not None:
