@@ -46,3 +46,43 @@ def test_sigterm_drains_worker(zoo: Path, logdir: Path) -> None:
         assert "draining" in worker.proc.log_tail()
     finally:
         worker.proc.stop()
+
+
+def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path) -> None:
+    """SIGTERM a worker while a bounded burst runs through the balancer: the worker
+    finishes what it accepted, the rest is retried on the next worker, nothing fails."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = [start_worker(zoo, logdir) for _ in range(2)]
+    balancer = None
+    try:
+        for w in workers:
+            w.wait_ready()
+        balancer = start_balancer(workers, logdir, "--policy", "consistent").wait_ready()
+        model = "mlp-00"
+        victim = next(w for w in workers if HashRing(x.id for x in workers).owner(model) == w.id)
+        bodies = [infer_body(sample_inputs(zoo, model, 1, seed)) for seed in range(400)]
+        sent = threading.Event()
+
+        def one(i: int) -> tuple[int, str]:
+            if i == 100:
+                sent.set()
+            resp = request(balancer.url, "POST", f"/v2/models/{model}/infer", bodies[i], {"Cache-Control": "no-cache"})
+            return resp.status, resp.headers.get("x-served-by", "")
+
+        with ThreadPoolExecutor(8) as pool:
+            results = pool.map(one, range(len(bodies)))
+            sent.wait(30)
+            victim.proc.kill(signal.SIGTERM)
+            outcomes = list(results)
+        statuses = [status for status, _ in outcomes]
+        assert statuses.count(200) == len(bodies), {s: statuses.count(s) for s in set(statuses)}
+        served = {by for _, by in outcomes}
+        assert served == {w.id for w in workers}, "the stop happened mid-burst: both workers served part of it"
+        assert victim.proc.popen is not None and victim.proc.popen.wait(15) == 0
+    finally:
+        if balancer is not None:
+            balancer.proc.stop()
+        for w in workers:
+            w.proc.stop()
