@@ -129,10 +129,10 @@ class BalancerService:
             info = await self.index.lookup(check_name(request.match["name"]))
             if info is None:
                 raise NotFound(f"unknown model '{request.match['name']}'")
+            outcome = self._infer_known(request, info, started)
         except ProtocolError as exc:
             self._done(request, exc.status, "miss", started)
             raise
-        outcome = self._infer_known(request, info, started)
         return outcome if isinstance(outcome, Response) else await outcome
 
     def _hit(self, request: Request, hit: CachedAnswer, request_id: str | None, started: float) -> Response:

@@ -88,9 +88,6 @@ class HttpError(Exception):
         self.message = message
 
 
-_Reject = HttpError
-
-
 class HttpServer:
     def __init__(
         self,
@@ -173,7 +170,7 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
-        self._reject: _Reject | None = None
+        self._reject: HttpError | None = None
 
     # asyncio.Protocol
 
@@ -191,10 +188,10 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(_Reject(400, "protocol upgrades are not supported"))
+            self._refuse(HttpError(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            reject = self._reject or (exc.__context__ if isinstance(exc.__context__, _Reject) else None)
-            self._refuse(reject or _Reject(400, "malformed HTTP request"))
+            reject = self._reject or (exc.__context__ if isinstance(exc.__context__, HttpError) else None)
+            self._refuse(reject or HttpError(400, "malformed HTTP request"))
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -258,7 +255,7 @@ class _Connection(asyncio.Protocol):
     # handling
 
     def _fail(self, status: int, message: str) -> None:
-        self._reject = _Reject(status, message)
+        self._reject = HttpError(status, message)
         raise self._reject
 
     def _run(self) -> None:
@@ -317,7 +314,7 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             transport.close()
 
-    def _refuse(self, reject: _Reject) -> None:
+    def _refuse(self, reject: HttpError) -> None:
         """Answer a request the server could not read, then close the connection."""
         if self.busy:  # an earlier request's answer is still owed: just stop reading
             self.close_when_idle()
@@ -327,7 +324,7 @@ class _Connection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         if self.request_started is not None and now - self.request_started > self.server.request_timeout:
-            self._refuse(_Reject(408, "request not received in time"))
+            self._refuse(HttpError(408, "request not received in time"))
         elif not self.busy and not self.queue and now - self.last_active > self.server.keepalive_timeout:
             self.abort()
 
