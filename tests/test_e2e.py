@@ -180,3 +180,28 @@ def test_broken_model_is_a_500_and_the_service_stays_up(balancer: Server, zoo: P
     assert {(r["name"], r["state"]) for r in rows if r["name"] == "broken"} == {("broken", "UNAVAILABLE")}
     assert infer(balancer, "mlp-00", body).status == 200
     assert request(balancer.url, "GET", "/v2/health/ready").status == 200
+
+
+def test_balancer_metrics_count_what_happened(balancer: Server, workers: list[Server], zoo: Path) -> None:
+    def scrape() -> str:
+        return request(balancer.url, "GET", "/metrics").body.decode()
+
+    model = "logreg-03"
+    before = scrape()
+    body = infer_body(sample_inputs(zoo, model, 1, next(_seeds)))
+    assert infer(balancer, model, body).headers["x-cache"] == "miss"
+    assert infer(balancer, model, body).headers["x-cache"] == "hit"
+    request(balancer.url, "POST", "/v2/models/not-a-model-at-all/infer", body)
+    after = scrape()
+
+    def delta(sample: str, **labels: str) -> float:
+        return metric_sum(after, sample, **labels) - metric_sum(before, sample, **labels)
+
+    assert delta("affinity_requests_total", role="balancer", model=model, code="200", cache="miss") == 1
+    assert delta("affinity_requests_total", role="balancer", model=model, code="200", cache="hit") == 1
+    assert delta("affinity_requests_total", role="balancer", model="unknown", code="404") == 1
+    assert "not-a-model-at-all" not in after, "made-up names never become label values"
+    assert delta("affinity_request_duration_seconds_count", role="balancer", model=model) == 2
+    assert delta("affinity_route_decisions_total", decision="primary") == 1
+    assert delta("affinity_upstream_duration_seconds_count") == 1
+    assert {f'worker="{w.id}"' in after for w in workers} == {True}, "in-flight gauge per worker"
