@@ -24,10 +24,6 @@ class HashRing:
         self._nodes: set[str] = set(self._ring.get_nodes())
         self._preferences: dict[str, tuple[str, ...]] = {}
 
-    @property
-    def nodes(self) -> frozenset[str]:
-        return frozenset(self._nodes)
-
     def __len__(self) -> int:
         return len(self._nodes)
 

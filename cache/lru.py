@@ -52,7 +52,3 @@ class ByteLRU(Generic[V]):
         old = self._items.pop(key, None)
         if old is not None:
             self.used -= old.size
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.used = 0

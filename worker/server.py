@@ -55,7 +55,6 @@ class WorkerService:
         self.pool = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="infer")
         self.batcher = Batcher(self.pool, asyncio.get_running_loop(), config.max_elements, self.metrics.batch)
         self.ready = False
-        self.inflight = 0
 
     def routes(self) -> Router:
         return v2_router(
@@ -81,7 +80,6 @@ class WorkerService:
         started = time.perf_counter()
         name = request.match["name"]
         code = 500
-        self.inflight += 1
         try:
             entry = self._entry(request)
             config = _usable(entry)
@@ -103,7 +101,6 @@ class WorkerService:
             code = exc.status
             raise
         finally:
-            self.inflight -= 1
             self.metrics.observe(name, code, time.perf_counter() - started)
 
     def server_metadata(self, request: Request) -> Response:
