@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,22 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+
+@contextlib.contextmanager
+def private_cluster(
+    models: Path, logdir: Path, workers: int = 2, *balancer_args: str
+) -> Iterator[tuple[list[Server], Server]]:
+    """Workers and a balancer of the test's own (for tests that kill or stop them)."""
+    started = [start_worker(models, logdir) for _ in range(workers)]
+    balancer: Server | None = None
+    try:
+        for w in started:
+            w.wait_ready()
+        balancer = start_balancer(started, logdir, *balancer_args).wait_ready()
+        yield started, balancer
+    finally:
+        if balancer is not None:
+            balancer.proc.stop()
+        for w in started:
+            w.proc.stop()

@@ -7,17 +7,12 @@ from pathlib import Path
 
 from balancer.ring import HashRing
 from tests.conftest import ZOO_MODELS
-from tests.harness import request, start_balancer, start_worker
+from tests.harness import private_cluster, request, start_worker
 from tests.reference import infer_body, sample_inputs
 
 
 def test_killed_worker_models_move_to_next_owner(zoo: Path, logdir: Path) -> None:
-    workers = [start_worker(zoo, logdir) for _ in range(2)]
-    balancer = None
-    try:
-        for w in workers:
-            w.wait_ready()
-        balancer = start_balancer(workers, logdir, "--policy", "consistent").wait_ready()
+    with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
         ring = HashRing(w.id for w in workers)
         victim = workers[0]
         owned = [m for m in ZOO_MODELS if ring.owner(m) == victim.id] or ["mlp-00"]
@@ -30,11 +25,6 @@ def test_killed_worker_models_move_to_next_owner(zoo: Path, logdir: Path) -> Non
             assert resp.status == 200, resp.body
             assert resp.headers["x-served-by"] == survivor.id
         assert request(balancer.url, "GET", "/v2/health/ready").status == 200
-    finally:
-        if balancer is not None:
-            balancer.proc.stop()
-        for w in workers:
-            w.proc.stop()
 
 
 def test_sigterm_drains_worker(zoo: Path, logdir: Path) -> None:
@@ -54,12 +44,7 @@ def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path)
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = [start_worker(zoo, logdir) for _ in range(2)]
-    balancer = None
-    try:
-        for w in workers:
-            w.wait_ready()
-        balancer = start_balancer(workers, logdir, "--policy", "consistent").wait_ready()
+    with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
         model = "mlp-00"
         victim = next(w for w in workers if HashRing(x.id for x in workers).owner(model) == w.id)
         bodies = [infer_body(sample_inputs(zoo, model, 1, seed)) for seed in range(400)]
@@ -81,8 +66,3 @@ def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path)
         served = {by for _, by in outcomes}
         assert served == {w.id for w in workers}, "the stop happened mid-burst: both workers served part of it"
         assert victim.proc.popen is not None and victim.proc.popen.wait(15) == 0
-    finally:
-        if balancer is not None:
-            balancer.proc.stop()
-        for w in workers:
-            w.proc.stop()
