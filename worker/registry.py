@@ -35,7 +35,6 @@ class ModelRegistry:
         self._loads: SingleFlight[LoadedModel] = SingleFlight()
         self._pool = ThreadPoolExecutor(max_workers=max_loads, thread_name_prefix="load")
         self._metrics = metrics
-        self.load_count = 0
 
     def resident(self, entry: ModelVersion) -> LoadedModel | None:
         return self._resident.get(entry.key)
@@ -75,7 +74,6 @@ class ModelRegistry:
         elapsed = time.perf_counter() - started
         self._failed.pop(entry.key, None)
         self._resident[entry.key] = model
-        self.load_count += 1
         self._metrics.model_loaded(entry.name, elapsed)
         log.info("loaded model %s version %s in %.3fs", entry.name, entry.version, elapsed)
         return model

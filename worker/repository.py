@@ -42,6 +42,7 @@ class Repository:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._latest: dict[str, ModelVersion] = {}
 
     def scan(self) -> None:
         """Re-read the root; the new view replaces the old one whole."""
@@ -62,6 +63,7 @@ class Repository:
             if versions:
                 models[name] = versions
         self._models = models
+        self._latest = {name: versions[max(versions, key=int)] for name, versions in models.items()}
 
     def _read_version(self, name: str, version: str, path: Path) -> ModelVersion:
         try:
@@ -85,11 +87,14 @@ class Repository:
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
         """The named version, or the latest when none is named; NotFound otherwise."""
+        if version is None:
+            latest = self._latest.get(name)
+            if latest is None:
+                raise NotFound(f"unknown model '{name}'")
+            return latest
         versions = self._models.get(name)
         if not versions:
             raise NotFound(f"unknown model '{name}'")
-        if version is None:
-            return versions[max(versions, key=int)]
         found = versions.get(version)
         if found is None:
             raise NotFound(f"unknown version '{version}' of model '{name}'")
