@@ -66,3 +66,15 @@ def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path)
         served = {by for _, by in outcomes}
         assert served == {w.id for w in workers}, "the stop happened mid-burst: both workers served part of it"
         assert victim.proc.popen is not None and victim.proc.popen.wait(15) == 0
+
+
+def test_sigterm_stops_the_balancer_cleanly(zoo: Path, logdir: Path) -> None:
+    with private_cluster(zoo, logdir, 1) as (_, balancer):
+        body = infer_body(sample_inputs(zoo, "mlp-00", 1, 0))
+        assert request(balancer.url, "POST", "/v2/models/mlp-00/infer", body).status == 200
+        balancer.proc.kill(signal.SIGTERM)
+        assert balancer.proc.popen is not None
+        assert balancer.proc.popen.wait(15) == 0
+        log = balancer.proc.log_tail()
+        assert "draining" in log and "stopped" in log
+        assert "Traceback" not in log and "Unclosed" not in log

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.datatypes import NUMPY_DTYPES
 from protocol.errors import BadRequest
 from protocol.json_codec import decode_infer_request, encode_infer_response
 from protocol.types import InferRequest, InferResponse, Tensor, TensorSpec
@@ -101,6 +102,8 @@ def warm_up(model: LoadedModel) -> None:
     arrays = []
     for spec in model.config.inputs:
         shape = tuple(1 if d == -1 else d for d in spec.shape)
-        dtype = np.int64 if spec.datatype == "INT64" else np.float32
-        arrays.append(np.zeros(shape, dtype=dtype))
+        if spec.datatype == "BYTES":
+            arrays.append(np.full(shape, b"", dtype=object))
+        else:
+            arrays.append(np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype]))
     run_module(model, arrays)
