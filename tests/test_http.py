@@ -287,14 +287,18 @@ def test_client_failures_are_typed() -> None:
     assert run(main) == ["connect", "timeout", "reset"]
 
 
-def test_key_memo_only_remembers_small_bodies_without_ids() -> None:
-    memo = KeyMemo(max_entries=2, max_body=100)
+def test_key_memo_remembers_bodies_without_ids() -> None:
+    memo = KeyMemo(max_entries=3, inline_body=100)
     assert memo.eligible(b'{"inputs":[]}')
     assert not memo.eligible(b'{"id":"x","inputs":[]}')
-    assert not memo.eligible(b"x" * 101)
     memo.put("m", "1", b"a", "k1")
     assert memo.get("m", "1", b"a") == "k1"
     assert memo.get("m", "2", b"a") is None, "the version is part of the memo key"
+    big, other = b"x" * 1000, b"x" * 999 + b"y"
+    memo.put("m", "1", big, "k-big")
+    assert memo.get("m", "1", big) == "k-big"
+    assert memo.get("m", "1", other) is None, "large bodies are told apart by their digest"
+    assert all(len(ref) <= 100 for _, _, ref in memo._keys), "large bodies are not kept whole"
     memo.put("m", "1", b"b", "k2")
     memo.put("m", "1", b"c", "k3")
-    assert len(memo._keys) <= 2
+    assert len(memo._keys) <= 3
