@@ -74,6 +74,8 @@ class Balancer:
 
     async def stop(self) -> None:
         self.service.draining = True
+        # Not ready but still serving, so load balancers and Kubernetes stop sending first.
+        await asyncio.sleep(self.config.drain_delay)
         await self.http.shutdown(self.config.shutdown_timeout)
         for task in self._tasks:
             task.cancel()

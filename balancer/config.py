@@ -39,6 +39,7 @@ class BalancerConfig:
     index_refresh: float = 10.0
     upstream_connections: int = 512
     shutdown_timeout: float = 30.0
+    drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -54,5 +55,7 @@ class BalancerConfig:
             raise ValueError("port must be in 0..65535")
         if self.max_retries < 0 or self.cache_ttl < 1 or self.try_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("retries, TTL and timeouts must be positive")
+        if self.drain_delay < 0:
+            raise ValueError("drain delay cannot be negative")
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis URL must start with redis://, rediss:// or unix://")

@@ -20,6 +20,7 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
     f.add("--max-loads", "model loads at once", type=int, default=1)
     f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--log-level", "log level", default="INFO")
     p.set_defaults(run=_run_worker)
 
@@ -41,6 +42,7 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)
     f.add("--max-retries", "tries on further workers after a failed one", type=int, default=2)
     f.add("--index-refresh", "seconds between repository index refreshes", type=float, default=10.0)
+    f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--log-level", "log level", default="INFO")
     p.set_defaults(run=_run_balancer)
 
@@ -112,6 +114,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_loads=args.max_loads,
         max_body_size=args.max_body_size,
+        drain_delay=args.drain_delay,
         log_level=args.log_level,
     )
     setup_logging("worker", args.log_level)
@@ -140,6 +143,7 @@ def _run_balancer(args: argparse.Namespace) -> int:
         try_timeout=args.try_timeout,
         max_retries=args.max_retries,
         index_refresh=args.index_refresh,
+        drain_delay=args.drain_delay,
         log_level=args.log_level,
     )
     setup_logging("balancer", args.log_level)

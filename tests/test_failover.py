@@ -7,7 +7,7 @@ from pathlib import Path
 
 from balancer.ring import HashRing
 from tests.conftest import ZOO_MODELS
-from tests.harness import private_cluster, request, start_worker
+from tests.harness import private_cluster, request, start_worker, wait_until
 from tests.reference import infer_body, sample_inputs
 
 
@@ -28,9 +28,14 @@ def test_killed_worker_models_move_to_next_owner(zoo: Path, logdir: Path) -> Non
 
 
 def test_sigterm_drains_worker(zoo: Path, logdir: Path) -> None:
-    worker = start_worker(zoo, logdir).wait_ready()
+    """During the drain delay the worker says not-ready (503) yet still answers inference."""
+    worker = start_worker(zoo, logdir, "--drain-delay", "3").wait_ready()
+    body = infer_body(sample_inputs(zoo, "mlp-00", 1, 0))
     try:
         worker.proc.kill(signal.SIGTERM)
+        wait_until(lambda: request(worker.url, "GET", "/v2/health/ready").status == 503)
+        assert request(worker.url, "GET", "/v2/health/ready").json() == {"ready": False}
+        assert request(worker.url, "POST", "/v2/models/mlp-00/infer", body).status == 200
         assert worker.proc.popen is not None
         assert worker.proc.popen.wait(15) == 0
         assert "draining" in worker.proc.log_tail()
@@ -69,10 +74,14 @@ def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path)
 
 
 def test_sigterm_stops_the_balancer_cleanly(zoo: Path, logdir: Path) -> None:
-    with private_cluster(zoo, logdir, 1) as (_, balancer):
+    with private_cluster(zoo, logdir, 1, "--drain-delay", "3") as (_, balancer):
         body = infer_body(sample_inputs(zoo, "mlp-00", 1, 0))
         assert request(balancer.url, "POST", "/v2/models/mlp-00/infer", body).status == 200
         balancer.proc.kill(signal.SIGTERM)
+        wait_until(lambda: request(balancer.url, "GET", "/v2/health/ready").status == 503)
+        assert request(balancer.url, "GET", "/v2/health/ready").json() == {"ready": False}
+        body = infer_body(sample_inputs(zoo, "mlp-00", 1, 1))
+        assert request(balancer.url, "POST", "/v2/models/mlp-00/infer", body).status == 200, "still serving"
         assert balancer.proc.popen is not None
         assert balancer.proc.popen.wait(15) == 0
         log = balancer.proc.log_tail()

@@ -18,6 +18,7 @@ class WorkerConfig:
     max_body_size: int = 64 << 20
     max_elements: int = 1 << 26
     shutdown_timeout: float = 30.0
+    drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -25,7 +26,7 @@ class WorkerConfig:
             raise ValueError(f"model repository {self.models} is not a directory")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
-        if self.threads < 0 or self.max_loads < 1 or self.max_body_size < 1:
+        if self.threads < 0 or self.max_loads < 1 or self.max_body_size < 1 or self.drain_delay < 0:
             raise ValueError("threads, max loads and body size must be positive")
         if "\n" in self.worker_id:
             raise ValueError("worker id cannot hold a newline")

@@ -193,6 +193,8 @@ async def serve(config: WorkerConfig) -> None:
     await stop.wait()
     log.info("worker %s draining", config.identity)
     service.ready = False
+    # Not ready but still serving, so load balancers and Kubernetes stop sending first.
+    await asyncio.sleep(config.drain_delay)
     await http.shutdown(config.shutdown_timeout)
     await service.close()
     log.info("worker %s stopped", config.identity)
