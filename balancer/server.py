@@ -144,7 +144,7 @@ class BalancerService:
         version = resolve_version(info, request.match.get("version"))
         check_json_request(request.headers)
         body = request.body
-        memo = self.key_memo.eligible(body) and info.cacheable and info.deterministic
+        memo = info.cacheable and info.deterministic and self.key_memo.eligible(body)
         if memo and "cache-control" not in request.headers:
             # A payload seen before: its key is known, no JSON work at all.
             known = self.key_memo.get(info.name, version, body)
@@ -194,12 +194,13 @@ class BalancerService:
         store: bool,
         started: float,
     ) -> Response:
-        state = "miss" if key is not None and lookup else "bypass"
+        coalesce = key is not None and lookup
+        state = "miss" if coalesce else "bypass"
         path = f"/v2/models/{model}/versions/{version}/infer"
         ctype = request.headers.get("content-type", JSON)
-        work = self._upstream(model, path, request.body, ctype, request_id, key if store else None)
+        work = self._upstream(model, path, request.body, ctype, request_id, key if store else None, coalesce)
         try:
-            if key is not None and lookup:
+            if coalesce:
                 result, shared = await self.flights.do(key, work)
             else:
                 result, shared = await work, False
@@ -217,11 +218,20 @@ class BalancerService:
         return _answer(body, resp.status, content_type, state, result.worker, resp.headers.get("X-Model-Source"))
 
     async def _upstream(
-        self, model: str, path: str, body: bytes, ctype: str, request_id: str | None, store_key: str | None
+        self,
+        model: str,
+        path: str,
+        body: bytes,
+        ctype: str,
+        request_id: str | None,
+        store_key: str | None,
+        shareable: bool,
     ) -> Upstream:
         resp, worker = await self.router.send(model, "POST", path, body, ctype)
         result = Upstream(resp, worker, request_id)
-        if resp.status == 200 and resp.headers.get("Content-Type", "").startswith(JSON):
+        # The id-free body is needed only to store the answer or to hand it to coalesced callers.
+        needed = store_key is not None or shareable
+        if needed and resp.status == 200 and resp.headers.get("Content-Type", "").startswith(JSON):
             try:
                 result.stripped = strip_id(resp.body, request_id)
             except orjson.JSONDecodeError:

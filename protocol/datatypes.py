@@ -27,8 +27,6 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 
 DATATYPES: frozenset[str] = frozenset(NUMPY_DTYPES)
 
-_V2_BY_NUMPY: dict[np.dtype, str] = {dt: name for name, dt in NUMPY_DTYPES.items() if name != "BYTES"}
-
 # numpy "kind" letters a JSON array may decode to for each V2 datatype:
 # b bool, i signed int, u unsigned int, f float, U str.
 ACCEPTED_KINDS: dict[str, str] = {
@@ -46,15 +44,3 @@ ACCEPTED_KINDS: dict[str, str] = {
     "FP64": "iuf",
     "BYTES": "U",
 }
-
-
-def numpy_dtype(datatype: str) -> np.dtype:
-    """The numpy dtype for a V2 datatype name (KeyError when unknown)."""
-    return NUMPY_DTYPES[datatype]
-
-
-def v2_datatype(dtype: np.dtype) -> str:
-    """The V2 datatype name for a numpy dtype; object and string arrays are BYTES."""
-    if dtype.kind in "OSU":
-        return "BYTES"
-    return _V2_BY_NUMPY[np.dtype(dtype)]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.datatypes import NUMPY_DTYPES, v2_datatype
+from protocol.datatypes import NUMPY_DTYPES
 from protocol.errors import BadRequest, PayloadTooLarge
 from protocol.json_body import splice_id, strip_id
 from protocol.json_codec import (
@@ -132,11 +132,6 @@ def test_strip_then_splice_restores_the_body(request_id: str | None) -> None:
 def test_strip_id_of_a_foreign_body_reorders_nothing_else() -> None:
     body = b'{"model_name":"m","id":"abc","outputs":[]}'
     assert strip_id(body, "abc") == b'{"model_name":"m","outputs":[]}'
-
-
-def test_v2_datatype_names() -> None:
-    assert v2_datatype(np.dtype(np.float32)) == "FP32"
-    assert v2_datatype(np.dtype(object)) == "BYTES"
 
 
 @pytest.mark.parametrize(
