@@ -1,42 +1,47 @@
-"""Wire the balancer from its config and run it until SIGTERM.
+"""The balancer process: its service and fronts, wired from config, started and
+stopped as one.
 
-Resources (the upstream session, the Redis pool, the index refresher) are
-opened in ``Balancer.start`` and closed in ``Balancer.stop``; the background
-task is owned and cancelled on shutdown. On SIGTERM the balancer reports
-not-ready, stops accepting, lets in-flight requests finish, then exits.
+Resources (the upstream client, the Redis pool, the membership and index
+refresher) are opened in ``Balancer.start`` and closed in ``Balancer.stop``;
+the background task is owned and cancelled on shutdown. Signals and the drain
+sequence are ``common.lifecycle``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from balancer.config import BalancerConfig
+from balancer.discovery import StaticDiscovery
+from balancer.handlers import BalancerHandlers
 from balancer.http_client import HttpClient
 from balancer.index import ModelIndex
 from balancer.members import Members
 from balancer.metrics import BalancerMetrics
 from balancer.policy import make_policy
 from balancer.router import Router
-from balancer.server import BalancerService
+from balancer.service import BalancerService
 from balancer.transport import Transport
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from common.http_server import HttpServer
-from protocol.rest import render_error
+from common.lifecycle import serve_until_signalled
+from common.rest import render_error
 
 log = logging.getLogger(__name__)
 
 
 class Balancer:
+    name = "balancer"
+
     def __init__(self, config: BalancerConfig, transport: Transport | None = None) -> None:
         self.config = config
         self.transport: Transport = transport or HttpClient(
             config.upstream_connections, config.connect_timeout, config.try_timeout
         )
-        members = Members(config.workers)
+        self.discovery = StaticDiscovery(config.workers, self.transport)
+        members = Members()
         index = ModelIndex(members, self.transport)
         metrics = BalancerMetrics(lambda name: name in index.models, members.inflight)
         remote = RedisStore(config.redis_url) if config.redis_url else None
@@ -49,33 +54,44 @@ class Balancer:
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
         )
-        self.http = HttpServer(self.service.routes(), render_error, max_body=config.max_body_size)
+        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, max_body=config.max_body_size)
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
 
-    async def start(self) -> int:
+    async def start(self) -> None:
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
         except OSError:
             await self.transport.close()
+            await self.service.cache.close()
             raise
-        task = asyncio.get_running_loop().create_task(self._refresh_index())
+        task = asyncio.get_running_loop().create_task(self._refresh())
         self._tasks.add(task)
-        return self.port
+        log.info(
+            "balancer on http://%s:%d routing to %d workers (policy %s, cache %s)",
+            self.config.host, self.port, len(self.config.workers), self.config.policy,
+            "redis" if self.config.redis_url else "in-process",
+        )  # fmt: skip
 
-    async def _refresh_index(self) -> None:
-        """Refresh the index now, then every ``index_refresh`` seconds (twice a
-        second until a first worker has answered)."""
-        index = self.service.index
+    async def refresh(self) -> None:
+        """Learn the workers' ids, apply membership changes, refresh the index."""
+        self.service.members.set_members(await self.discovery.members())
+        await self.service.index.refresh()
+
+    async def _refresh(self) -> None:
+        """Now, then every ``index_refresh`` seconds (twice a second until ready)."""
         while True:
-            with contextlib.suppress(Exception):
-                await index.refresh()
-            await asyncio.sleep(self.config.index_refresh if index.loaded else 0.5)
+            try:
+                await self.refresh()
+            except Exception:  # a bug, not an outage (outages are handled inside): say so, keep going
+                log.exception("membership or index refresh failed")
+            await asyncio.sleep(self.config.index_refresh if self.service.ready else 0.5)
+
+    def begin_drain(self) -> None:
+        self.service.draining = True
 
     async def stop(self) -> None:
-        self.service.draining = True
-        # Not ready but still serving, so load balancers and Kubernetes stop sending first.
-        await asyncio.sleep(self.config.drain_delay)
+        self.begin_drain()
         await self.http.shutdown(self.config.shutdown_timeout)
         for task in self._tasks:
             task.cancel()
@@ -85,18 +101,5 @@ class Balancer:
         await self.transport.close()
 
 
-async def serve(config: BalancerConfig) -> None:
-    balancer = Balancer(config)
-    port = await balancer.start()
-    log.info(
-        "balancer on http://%s:%d routing to %d workers (policy %s, cache %s)",
-        config.host, port, len(config.workers), config.policy, "redis" if config.redis_url else "in-process",
-    )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("balancer draining")
-    await balancer.stop()
-    log.info("balancer stopped")
+async def serve(config: BalancerConfig) -> int:
+    return await serve_until_signalled(Balancer(config), config.drain_delay)

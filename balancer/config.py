@@ -8,17 +8,18 @@ from urllib.parse import urlsplit
 POLICIES = ("affinity", "consistent")
 
 
-def worker_endpoint(url: str) -> tuple[str, str]:
-    """(stable id, base URL) for a worker given as ``http://host:port`` or ``host:port``.
+def worker_url(url: str) -> str:
+    """The base URL of a worker given as ``http://host:port`` or ``host:port``.
 
-    The id is ``host:port`` as the worker registers it (DESIGN.md, Settled points)."""
+    Only an address: the worker's id (the name on the ring and in X-Served-By)
+    comes from the worker itself, never from the URL it was reached at."""
     raw = url.strip().rstrip("/")
     if "://" not in raw:
         raw = "http://" + raw
     parts = urlsplit(raw)
     if parts.scheme != "http" or not parts.hostname or parts.port is None or parts.path not in ("",):
         raise ValueError(f"worker {url!r} is not of the form http://host:port")
-    return f"{parts.hostname}:{parts.port}", f"http://{parts.hostname}:{parts.port}"
+    return f"http://{parts.hostname}:{parts.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,7 @@ class BalancerConfig:
     def __post_init__(self) -> None:
         if not self.workers:
             raise ValueError("at least one worker is needed (--workers http://host:port,...)")
-        for url in self.workers:
-            worker_endpoint(url)
+        object.__setattr__(self, "workers", tuple(dict.fromkeys(worker_url(u) for u in self.workers)))
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         if self.balance_factor <= 0:

@@ -1,22 +1,7 @@
-"""Balancer errors, each with the HTTP status it answers with.
-
-ProtocolError (protocol.errors)
-├── BadRequest 400, NotFound 404, PayloadTooLarge 413   (protocol.errors)
-├── NoHealthyWorker        503: no worker can take the model (Retry-After)
-└── UpstreamUnavailable    502: every candidate failed before answering
-"""
+"""Balancer-internal errors. Errors a request carries back to the client live in
+``protocol.errors`` (one hierarchy, one status table for REST and gRPC)."""
 
 from __future__ import annotations
-
-from protocol.errors import ProtocolError
-
-
-class NoHealthyWorker(ProtocolError):
-    status = 503
-
-
-class UpstreamUnavailable(ProtocolError):
-    status = 502
 
 
 class UpstreamError(Exception):

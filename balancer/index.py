@@ -74,7 +74,8 @@ class ModelIndex:
         results = await asyncio.gather(*(self._fetch(w, base) for w, base in members))
         answered = [r for r in results if r is not None]
         if not answered:
-            log.warning("no worker answered the repository index; keeping the last known one")
+            if members:
+                log.warning("no worker answered the repository index; keeping the last known one")
             return
         self.models, self.rows = merge([row for rows in answered for row in rows])
         self.loaded = True

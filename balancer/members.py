@@ -1,36 +1,37 @@
 """Worker membership: who the workers are, where they listen, what each is doing.
 
-One object owns the ring and the in-flight counts; membership changes arrive
-as a whole set and are applied as diffs (only models owned by a worker that
-left or joined move). Callers pair ``begin`` and ``end`` in ``try/finally``, so a
-cancelled request still releases its slot.
+One object owns the ring and the in-flight counts, keyed by each worker's
+stable id (never its URL). Membership changes arrive as a whole mapping
+``{id: base URL}`` and are applied as diffs (only models owned by a worker
+that left or joined move). Callers pair ``begin`` and ``end`` in
+``try/finally``, so a cancelled request still releases its slot.
 """
 
 from __future__ import annotations
 
-from balancer.config import worker_endpoint
+from collections.abc import Mapping
+
 from balancer.ring import HashRing
 
 
 class Members:
-    def __init__(self, urls: tuple[str, ...] = ()) -> None:
+    def __init__(self, workers: Mapping[str, str] | None = None) -> None:
         self.ring = HashRing()
         self.urls: dict[str, str] = {}
         self.inflight: dict[str, int] = {}
-        self.set_members(urls)
+        self.set_members(workers or {})
 
-    def set_members(self, urls: tuple[str, ...]) -> None:
-        wanted = dict(worker_endpoint(u) for u in urls)
+    def set_members(self, workers: Mapping[str, str]) -> None:
         for worker_id in list(self.urls):
-            if worker_id not in wanted:
+            if worker_id not in workers:
                 self.ring.remove(worker_id)
                 del self.urls[worker_id]
                 self.inflight.pop(worker_id, None)
-        for worker_id, base in wanted.items():
+        for worker_id, base in workers.items():
             if worker_id not in self.urls:
-                self.urls[worker_id] = base
                 self.inflight.setdefault(worker_id, 0)
                 self.ring.add(worker_id)
+            self.urls[worker_id] = base
 
     def __len__(self) -> int:
         return len(self.urls)

@@ -1,4 +1,4 @@
-"""The balancer's metrics (names as DESIGN.md's Settled points give them).
+"""The balancer's metrics (names as docs/design.md gives them).
 
 Label ``model`` only takes names from the repository index; anything else is
 ``unknown`` (see ``common.metrics.RequestMetrics``).

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from uhashring import HashRing as _UHashRing
 
-from balancer.errors import NoHealthyWorker
+from protocol.errors import Unavailable
 
 MAX_CACHED_LISTS = 65536
 
@@ -23,9 +23,6 @@ class HashRing:
         self._ring = _UHashRing(nodes=sorted(set(nodes)))
         self._nodes: set[str] = set(self._ring.get_nodes())
         self._preferences: dict[str, tuple[str, ...]] = {}
-
-    def __len__(self) -> int:
-        return len(self._nodes)
 
     def add(self, node: str) -> None:
         if node not in self._nodes:
@@ -45,12 +42,9 @@ class HashRing:
         if cached is not None:
             return cached
         if not self._nodes:
-            raise NoHealthyWorker("no worker is available")
+            raise Unavailable("no worker is available")
         order = tuple(n for n in self._ring.iterate_nodes(key, distinct=True) if n is not None)
         if len(self._preferences) >= MAX_CACHED_LISTS:
             self._preferences.clear()
         self._preferences[key] = order
         return order
-
-    def owner(self, key: str) -> str:
-        return self.preference_list(key)[0]

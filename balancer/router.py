@@ -3,7 +3,7 @@
 The policy picks from the model's preference list; a try that fails before any
 response byte (connect error, reset, per-try timeout) or answers 502/503/504
 goes to the next candidate, up to ``max_retries`` more tries. Inference is
-idempotent (DESIGN.md, Settled points), so a retried try cannot do harm. A
+idempotent (docs/design.md, "Settled decisions"), so a retried try cannot do harm. A
 model's own failure (500, 507, any 4xx) is passed through unchanged.
 """
 
@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
-from balancer.errors import UpstreamError, UpstreamUnavailable
+from balancer.errors import UpstreamError
 from balancer.members import Members
 from balancer.metrics import BalancerMetrics
 from balancer.policy import RoutingPolicy
 from balancer.transport import Transport, UpstreamResponse
+from protocol.errors import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 

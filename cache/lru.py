@@ -25,9 +25,6 @@ class ByteLRU(Generic[V]):
         self.used = 0
         self._items: OrderedDict[str, V] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def get(self, key: str) -> V | None:
         value = self._items.get(key)
         if value is not None:
@@ -47,8 +44,3 @@ class ByteLRU(Generic[V]):
         self._items[key] = value
         self.used += size
         return True
-
-    def discard(self, key: str) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.used -= old.size

@@ -8,11 +8,14 @@ the parser is built (at command start), never at import time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from common.units import parse_size
+
+T = TypeVar("T")
 
 
 def env_name(command: str, flag: str) -> str:
@@ -48,3 +51,12 @@ class Flags:
         self.parser.add_argument(
             flag, type=type, default=default, required=required, help=f"{help}{shown} [env {env}]", **kwargs
         )
+
+
+def config_from(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """Build a config dataclass from parsed flags, field by field: every field whose
+    name matches a flag's destination is taken from ``args`` (so a new flag needs
+    only its field and its ``Flags.add``), ``overrides`` win."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
+    values.update(overrides)
+    return cls(**values)

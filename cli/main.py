@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.flags import Flags, size
+from cli.flags import Flags, config_from, size
 from common import __version__
 
 
@@ -101,72 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from common.lifecycle import run
     from common.logs import setup_logging
-    from common.runtime import run
+    from worker.app import serve
     from worker.config import WorkerConfig
-    from worker.server import serve
 
-    config = WorkerConfig(
-        models=args.models,
-        host=args.host,
-        port=args.port,
-        worker_id=args.worker_id,
-        threads=args.threads,
-        max_loads=args.max_loads,
-        max_body_size=args.max_body_size,
-        drain_delay=args.drain_delay,
-        log_level=args.log_level,
-    )
+    config = config_from(WorkerConfig, args)
     setup_logging("worker", args.log_level)
-    run(serve(config))
-    return 0
+    return run(serve(config))
 
 
 def _run_balancer(args: argparse.Namespace) -> int:
     from balancer.app import serve
     from balancer.config import BalancerConfig
+    from common.lifecycle import run
     from common.logs import setup_logging
-    from common.runtime import run
 
-    config = BalancerConfig(
-        workers=tuple(w for w in args.workers.split(",") if w.strip()),
-        host=args.host,
-        port=args.port,
-        policy=args.policy,
-        balance_factor=args.balance_factor,
-        redis_url=args.redis_url,
-        cache_size=args.cache_size,
-        cache_ttl=args.cache_ttl,
-        cache_max_entry=args.cache_max_entry,
-        max_body_size=args.max_body_size,
-        connect_timeout=args.connect_timeout,
-        try_timeout=args.try_timeout,
-        max_retries=args.max_retries,
-        index_refresh=args.index_refresh,
-        drain_delay=args.drain_delay,
-        log_level=args.log_level,
-    )
+    config = config_from(BalancerConfig, args, workers=tuple(w for w in args.workers.split(",") if w.strip()))
     setup_logging("balancer", args.log_level)
-    run(serve(config))
-    return 0
+    return run(serve(config))
 
 
 def _run_up(args: argparse.Namespace) -> int:
     from cli.up import Cluster, UpOptions
 
-    options = UpOptions(
-        workers=args.workers,
-        models=args.models,
-        host=args.host,
-        port=args.port,
-        policy=args.policy,
-        redis_url=args.redis_url,
-        cache_size=args.cache_size,
-        zoo_count=args.zoo_count,
-        zoo_max_size=args.zoo_max_size,
-        log_level=args.log_level,
-    )
-    return Cluster(options).run()
+    return Cluster(config_from(UpOptions, args)).run()
 
 
 def _run_bench(args: argparse.Namespace) -> int:

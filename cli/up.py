@@ -10,23 +10,18 @@ are told by the kernel to exit if the supervisor itself dies (no orphans).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-READY_TIMEOUT = 120.0
-STOP_TIMEOUT = 15.0
+from common.process import affinity_command, check_port_free, free_port, http_status, spawn, stop, wait_ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,54 +42,6 @@ class UpOptions:
             raise ValueError("--workers must be at least 1")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            raise RuntimeError(
-                f"port {port} on {host} is in use: pick another with --port (0: any free port)"
-            ) from None
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent exits (Linux prctl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def http_status(url: str, body: bytes | None = None, timeout: float = 1.0) -> int | None:
-    """The status of a GET (or a JSON POST when ``body`` is given), None if unreachable."""
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    req = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 - our own http:// URL
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - our own http:// URL
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
-    """Poll ``url`` until it answers 200; fail early if the process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before it was ready")
-        if http_status(url) == 200:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} was not ready after {timeout:.0f}s")
-
-
 class Cluster:
     def __init__(self, options: UpOptions) -> None:
         self.options = options
@@ -103,15 +50,7 @@ class Cluster:
 
     def spawn(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
         """Start ``affinity <args>`` as a child this cluster stops."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the supervisor starts no threads
-        )
+        proc = spawn(affinity_command(*args))
         self.procs.append((role, proc))
         return proc
 
@@ -156,17 +95,7 @@ class Cluster:
     def stop(self) -> None:
         """Balancer first (it stops taking requests), then the workers; SIGKILL stragglers."""
         for role in ("balancer", "worker"):
-            group = [p for r, p in self.procs if r == role and p.poll() is None]
-            for proc in group:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            for proc in group:
-                try:
-                    proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(p for r, p in self.procs if r == role)
 
     def run(self) -> int:
         stop_signal: list[int] = []

@@ -151,7 +151,7 @@ class RequestMetrics:
 
     ``model`` only takes names ``known_model`` accepts (anything else counts as
     ``unknown``, so made-up names cannot blow up the series count); the
-    children for a (model, code, cache) triple are looked up once and kept.
+    children for a (model, code, cache, protocol) are looked up once and kept.
     """
 
     def __init__(
@@ -160,10 +160,8 @@ class RequestMetrics:
         role: str,
         known_model: Callable[[str], bool],
         buckets: Sequence[float],
-        protocol: str = "rest",
     ) -> None:
         self.role = role
-        self.protocol = protocol
         self._known = known_model
         self.requests = registry.counter(
             "affinity_requests", "Requests answered, by outcome.", ["role", "model", "code", "protocol", "cache"]
@@ -171,18 +169,18 @@ class RequestMetrics:
         self.duration = registry.histogram(
             "affinity_request_duration_seconds", "Time from request read to response.", ["role", "model"], buckets
         )
-        self._children: dict[tuple[str, int, str], tuple[CounterChild, HistogramChild]] = {}
+        self._children: dict[tuple[str, int, str, str], tuple[CounterChild, HistogramChild]] = {}
 
     def label(self, model: str) -> str:
         return model if self._known(model) else "unknown"
 
-    def observe(self, model: str, code: int, cache: str, seconds: float) -> None:
-        key = (model, code, cache)
+    def observe(self, model: str, code: int, cache: str, seconds: float, protocol: str = "rest") -> None:
+        key = (model, code, cache, protocol)
         children = self._children.get(key)
         if children is None:
             label = self.label(model)
             children = (
-                self.requests.labels(self.role, label, str(code), self.protocol, cache),
+                self.requests.labels(self.role, label, str(code), protocol, cache),
                 self.duration.labels(self.role, label),
             )
             if label != "unknown":

@@ -19,9 +19,6 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._inflight: dict[Hashable, asyncio.Task[T]] = {}
 
-    def __len__(self) -> int:
-        return len(self._inflight)
-
     def __contains__(self, key: Hashable) -> bool:
         return key in self._inflight
 

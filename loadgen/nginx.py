@@ -1,7 +1,7 @@
 """nginx as the reference point: a consistent-hash proxy by model name, and a
 static stand-in for a worker that answers instantly.
 
-The proxy hashes on the model name taken from the path, as DESIGN.md gives it:
+The proxy hashes on the model name taken from the path, as docs/design.md gives it:
 ``map $uri $model {~^/v2/models/(?<m>[^/]+) $m;}`` with ``hash $model consistent``,
 one worker process, keep-alive to the upstreams.
 """

@@ -121,9 +121,17 @@ class IndexEntry:
 
 @dataclass(slots=True, frozen=True)
 class ServerMetadata:
+    """The V2 server metadata, plus the worker's stable id (``worker_id``), from
+    which a balancer learns who answers at an address (its ring uses ids, never
+    URLs)."""
+
     name: str
     version: str
     extensions: tuple[str, ...] = field(default_factory=tuple)
+    worker_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
+        out: dict[str, Any] = {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
+        if self.worker_id is not None:
+            out["worker_id"] = self.worker_id
+        return out

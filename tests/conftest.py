@@ -14,6 +14,10 @@ from worker.zoo import make_zoo
 ZOO_MODELS = ("mlp-00", "cnn-01", "transformer-02", "logreg-03")
 
 
+def pytest_report_header() -> str:
+    return f"redis for tests: {RedisServer.kind()}"
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model per architecture, 64 KiB to 512 KiB of random weights, plus a

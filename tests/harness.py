@@ -1,18 +1,21 @@
-"""Real processes on loopback for tests: workers, balancers, a private redis-server.
+"""Real processes on loopback for tests: workers, balancers, a private Redis.
 
-Every process is started with explicit flags on a free port, logs to a file
-under the test's temp dir (shown when it fails to start), and is stopped by the
-fixture that started it, SIGTERM then SIGKILL, whatever the test's outcome.
+Every process is started with explicit flags on a free port (the same
+``common.process`` helpers ``affinity up`` uses), logs to a file under the
+test's temp dir (shown when it fails to start), and is stopped by the fixture
+that started it, SIGTERM then SIGKILL, whatever the test's outcome.
+
+Redis: a real ``redis-server`` on a free port wherever the binary exists;
+otherwise fakeredis's TCP server in a process of its own (so a fresh machine
+without Redis still runs every test; the session header says which).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +26,10 @@ from typing import Any
 
 import orjson
 
+from common.process import affinity_command, free_port, spawn
+
 START_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+REDIS_BINARY = shutil.which("redis-server")
 
 
 @dataclass
@@ -78,12 +78,8 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
-        env["PYTHONUNBUFFERED"] = "1"
         with self.log.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
+            self.popen = spawn(self.args, output=log)
         return self
 
     @property
@@ -116,8 +112,7 @@ class Proc:
                 self.popen.wait()
 
 
-def affinity(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *args]
+affinity = affinity_command
 
 
 @dataclass
@@ -169,12 +164,22 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @staticmethod
+    def kind() -> str:
+        if REDIS_BINARY is not None:
+            return f"redis-server ({REDIS_BINARY})"
+        return "fakeredis TCP server (redis-server not found on PATH)"
+
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH: install Redis (Debian: apt-get install redis-server)")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(self.logdir)]
+        if REDIS_BINARY is not None:
+            args = [REDIS_BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args += ["--dir", str(self.logdir)]
+        else:
+            serve = (
+                "import sys; from fakeredis import TcpFakeServer; "
+                "TcpFakeServer(('127.0.0.1', int(sys.argv[1]))).serve_forever()"
+            )
+            args = [sys.executable, "-c", serve, str(self.port)]
         self.proc = Proc(f"redis-{self.port}", args, self.logdir / f"redis-{self.port}.log").start()
         wait_until(self.ping, START_TIMEOUT, 0.05)
         return self

@@ -11,9 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ModelUnavailable
 from tests.reference import infer_body, run_reference, sample_inputs
 from worker.batcher import Batcher
+from worker.codecs import JSON_CODEC, Codec
 from worker.loader import load_module
 from worker.repository import Repository
 from worker.runner import LoadedModel
@@ -27,7 +28,9 @@ def _model(zoo: Path, name: str) -> LoadedModel:
     return LoadedModel(entry.name, entry.version, entry.config, load_module(entry))
 
 
-def _run_gated(model: LoadedModel, bodies: list[bytes]) -> tuple[list[int], list[bytes | BaseException]]:
+def _run_gated(
+    model: LoadedModel, bodies: list[bytes], codec: Codec = JSON_CODEC
+) -> tuple[list[int], list[bytes | BaseException]]:
     """Queue every body while the pool's only thread is held, then let it go:
     the batcher must find them all queued at once."""
     pool = ThreadPoolExecutor(1)
@@ -37,7 +40,7 @@ def _run_gated(model: LoadedModel, bodies: list[bytes]) -> tuple[list[int], list
     async def main() -> list[bytes | BaseException]:
         batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20, lambda name, rows: batches.append(rows))
         pool.submit(gate.wait, 10)
-        futures = [batcher.submit(model, body) for body in bodies]
+        futures = [batcher.submit(model, body, codec) for body in bodies]
         gate.set()
         return await asyncio.gather(*futures, return_exceptions=True)
 
@@ -84,3 +87,51 @@ def test_batches_respect_the_model_limit(zoo: Path) -> None:
     batches, answers = _run_gated(model, bodies)
     assert batches == [60, 30]
     assert all(isinstance(a, bytes) for a in answers)
+
+
+def test_an_unexpected_failure_fails_its_batch_and_the_queue_goes_on(zoo: Path) -> None:
+    """A codec that raises something other than a request error (a bug, not bad
+    input) fails that batch's callers with a 500; the model's queue keeps serving."""
+    model = _model(zoo, "mlp-00")
+    good = orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, 7)))
+
+    def decode(payload: bytes, limit: int):  # type: ignore[no-untyped-def]
+        if payload == b"boom":
+            raise RuntimeError("a bug in a codec")
+        return JSON_CODEC.decode(payload, limit)
+
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+
+    async def main() -> tuple[list[object], list[object]]:
+        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20)
+        codec = Codec("flaky", decode, JSON_CODEC.encode)
+        pool.submit(gate.wait, 10)
+        first = [batcher.submit(model, body, codec) for body in (good, b"boom", good)]
+        gate.set()
+        failed = await asyncio.gather(*first, return_exceptions=True)
+        later = await asyncio.wait_for(asyncio.gather(batcher.submit(model, good, codec)), 10)
+        return failed, later
+
+    try:
+        failed, later = asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert all(isinstance(f, ModelUnavailable) and f.status == 500 for f in failed), failed
+    assert "RuntimeError" in failed[0].message  # type: ignore[union-attr]
+    assert isinstance(later[0], bytes) and orjson.loads(later[0])["model_name"] == "mlp-00"
+
+
+def test_an_answer_that_cannot_be_encoded_fails_alone(zoo: Path) -> None:
+    model = _model(zoo, "mlp-00")
+    bodies = [orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, seed), f"r{seed}")) for seed in range(3)]
+
+    def encode(response):  # type: ignore[no-untyped-def]
+        if response.id == "r1":
+            raise TypeError("cannot encode")
+        return JSON_CODEC.encode(response)
+
+    batches, answers = _run_gated(model, bodies, Codec("picky", JSON_CODEC.decode, encode))
+    assert batches == [3]
+    assert isinstance(answers[0], bytes) and isinstance(answers[2], bytes)
+    assert isinstance(answers[1], ModelUnavailable)

@@ -15,7 +15,7 @@ def test_killed_worker_models_move_to_next_owner(zoo: Path, logdir: Path) -> Non
     with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
         ring = HashRing(w.id for w in workers)
         victim = workers[0]
-        owned = [m for m in ZOO_MODELS if ring.owner(m) == victim.id] or ["mlp-00"]
+        owned = [m for m in ZOO_MODELS if ring.preference_list(m)[0] == victim.id] or ["mlp-00"]
         survivor = workers[1]
 
         victim.proc.kill(signal.SIGKILL)
@@ -51,7 +51,7 @@ def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path)
 
     with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
         model = "mlp-00"
-        victim = next(w for w in workers if HashRing(x.id for x in workers).owner(model) == w.id)
+        victim = next(w for w in workers if HashRing(x.id for x in workers).preference_list(model)[0] == w.id)
         bodies = [infer_body(sample_inputs(zoo, model, 1, seed)) for seed in range(400)]
         sent = threading.Event()
 
@@ -87,3 +87,13 @@ def test_sigterm_stops_the_balancer_cleanly(zoo: Path, logdir: Path) -> None:
         log = balancer.proc.log_tail()
         assert "draining" in log and "stopped" in log
         assert "Traceback" not in log and "Unclosed" not in log
+
+
+def test_no_worker_left_is_a_502_with_retry_after(zoo: Path, logdir: Path) -> None:
+    with private_cluster(zoo, logdir, 1) as (workers, balancer):
+        workers[0].proc.kill(signal.SIGKILL)
+        body = infer_body(sample_inputs(zoo, "mlp-00", 1, 5))
+        resp = request(balancer.url, "POST", "/v2/models/mlp-00/infer", body)
+        assert resp.status == 502
+        assert resp.headers["retry-after"] == "1"
+        assert "error" in resp.json()

@@ -14,7 +14,7 @@ from balancer.http_client import HttpClient
 from cache.keys import KeyMemo
 from common.http_router import Router
 from common.http_server import HttpServer, Request, Response
-from protocol.rest import render_error
+from common.rest import render_error
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:

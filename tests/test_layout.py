@@ -1,4 +1,4 @@
-"""DESIGN.md's layout contracts, checked on the code itself."""
+"""The layout contracts of docs/design.md, checked on the code itself."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OURS = {"protocol", "balancer", "worker", "cache", "cli", "common", "loadgen", "tests"}
 
 
 def _imports(package: str) -> set[str]:
@@ -26,8 +27,12 @@ def test_balancer_and_worker_never_import_each_other() -> None:
     assert "balancer" not in _imports("worker")
 
 
-def test_common_imports_no_part() -> None:
-    assert not _imports("common") & {"balancer", "worker", "cache", "cli", "loadgen"}
+def test_protocol_is_wire_formats_only_and_imports_nothing_of_ours() -> None:
+    assert _imports("protocol") & OURS <= {"protocol"}
+
+
+def test_common_imports_only_protocol() -> None:
+    assert _imports("common") & OURS <= {"common", "protocol"}
 
 
 def test_the_balancer_process_never_imports_torch_or_numpy() -> None:
@@ -38,3 +43,17 @@ def test_the_balancer_process_never_imports_torch_or_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    """A clone stands on its own: docs and code cite docs/design.md, not notes a clone lacks."""
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    outside = ("../shared", "DESIGN.md", "STYLE.md", "RELIABILITY.md")
+    offenders = []
+    for name in tracked.split():
+        path = ROOT / name
+        checked = path.suffix in (".py", ".md", ".toml", ".yml", ".yaml", ".json")
+        if checked and path.is_file() and path != Path(__file__):
+            text = path.read_text(errors="replace")
+            offenders += [f"{name}: {word}" for word in outside if word in text]
+    assert not offenders

@@ -48,7 +48,7 @@ def test_names_and_versions_that_break_the_rule_are_skipped(tmp_path: Path) -> N
     _version(tmp_path, "good", "latest")
     repo = Repository(tmp_path)
     repo.scan()
-    assert repo.names() == ["good"]
+    assert [v.name for v in repo.all_versions()] == ["good"]
     assert [v.version for v in repo.versions("good")] == ["1"]
 
 
@@ -58,7 +58,7 @@ def test_unusable_versions_say_why(tmp_path: Path) -> None:
     _version(tmp_path, "bad-shape", "1", config=b'{"architecture":"mlp","inputs":[],"outputs":[]}')
     repo = Repository(tmp_path)
     repo.scan()
-    problems = {name: repo.resolve(name).problem for name in repo.names()}
+    problems = {name: repo.resolve(name).problem for name in ("no-weights", "bad-json", "bad-shape")}
     assert "model.safetensors is missing" in problems["no-weights"]
     assert "not valid JSON" in problems["bad-json"]
     assert "at least one input" in problems["bad-shape"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancer.config import worker_endpoint
+from balancer.config import worker_url
 from balancer.members import Members
 from balancer.policy import BoundedLoadPolicy, ConsistentPolicy
 from balancer.ring import HashRing
@@ -24,16 +25,16 @@ def test_two_rings_with_the_same_members_agree() -> None:
 def test_removing_a_worker_moves_only_its_models(n: int, data: st.DataObject) -> None:
     nodes = [f"10.0.0.{i}:8100" for i in range(n)]
     ring = HashRing(nodes)
-    before = {m: ring.owner(m) for m in MODELS}
+    before = {m: ring.preference_list(m)[0] for m in MODELS}
     gone = data.draw(st.sampled_from(nodes))
     ring.remove(gone)
-    after = {m: ring.owner(m) for m in MODELS}
+    after = {m: ring.preference_list(m)[0] for m in MODELS}
     moved = [m for m in MODELS if before[m] != after[m]]
     assert all(before[m] == gone for m in moved), "only the removed worker's models move"
     assert len(moved) == sum(1 for m in MODELS if before[m] == gone)
     assert len(moved) < 2.0 * len(MODELS) / n, "about 1/N of the models move"
     ring.add(gone)
-    assert {m: ring.owner(m) for m in MODELS} == before, "re-adding restores the old owners"
+    assert {m: ring.preference_list(m)[0] for m in MODELS} == before, "re-adding restores the old owners"
 
 
 def test_preference_list_is_every_worker_once() -> None:
@@ -68,25 +69,22 @@ def test_bounded_load_keeps_affinity_when_balanced_and_spills_along_the_ring() -
 
 
 def test_members_apply_changes_as_diffs() -> None:
-    members = Members(("http://127.0.0.1:1", "127.0.0.1:2"))
-    assert set(members.urls) == {"127.0.0.1:1", "127.0.0.1:2"}
-    owners = {m: members.ring.owner(m) for m in MODELS[:300]}
-    members.begin("127.0.0.1:1")
-    members.set_members(("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"))
-    assert members.inflight["127.0.0.1:1"] == 1, "a change keeps the counts of workers that stay"
-    moved = [m for m in owners if members.ring.owner(m) != owners[m]]
-    assert all(members.ring.owner(m) == "127.0.0.1:3" for m in moved)
-    members.set_members(("127.0.0.1:2",))
-    members.end("127.0.0.1:1")  # finishing a request on a worker that left is harmless
-    assert set(members.urls) == {"127.0.0.1:2"}
+    members = Members({"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"})
+    assert set(members.urls) == {"a", "b"}
+    owners = {m: members.ring.preference_list(m)[0] for m in MODELS[:300]}
+    members.begin("a")
+    members.set_members({"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2", "c": "http://127.0.0.1:3"})
+    assert members.inflight["a"] == 1, "a change keeps the counts of workers that stay"
+    moved = [m for m in owners if members.ring.preference_list(m)[0] != owners[m]]
+    assert all(members.ring.preference_list(m)[0] == "c" for m in moved)
+    members.set_members({"b": "http://127.0.0.1:9"})
+    members.end("a")  # finishing a request on a worker that left is harmless
+    assert members.urls == {"b": "http://127.0.0.1:9"}, "a worker that moved keeps its id and place"
 
 
-def test_worker_endpoint_forms() -> None:
-    assert worker_endpoint("http://h:81/") == ("h:81", "http://h:81")
-    assert worker_endpoint("h:81") == ("h:81", "http://h:81")
+def test_worker_url_forms() -> None:
+    assert worker_url("http://h:81/") == "http://h:81"
+    assert worker_url("h:81") == "http://h:81"
     for bad in ("h", "https://h:1", "http://h:1/path", "ftp://h:1"):
-        try:
-            worker_endpoint(bad)
-        except ValueError:
-            continue
-        raise AssertionError(f"{bad!r} should be rejected")
+        with pytest.raises(ValueError, match="not of the form"):
+            worker_url(bad)

@@ -21,31 +21,42 @@ with the memory manager).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from protocol.errors import ProtocolError
-from protocol.json_codec import decode_infer_request
+from protocol.errors import ModelUnavailable, ProtocolError
 from protocol.types import InferRequest
-from worker.errors import ModelExecutionFailed
-from worker.runner import LoadedModel, check_request, encode_answer, run_module
+from worker.codecs import Codec
+from worker.runner import LoadedModel, answer_for, check_request, run_module
 
-# A queued request: its raw body (or an already decoded request), and where its answer goes.
-Item = tuple[bytes | InferRequest, asyncio.Future[bytes]]
-# A decoded, checked request: its input arrays in the model's order, and where its answer goes.
-Ready = tuple[InferRequest, list[np.ndarray], asyncio.Future[bytes]]
-Shape = tuple[tuple[int, ...], ...]
-Outcome = tuple[asyncio.Future[bytes], bytes | BaseException]
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Job:
+    """A queued request: its payload (or an already decoded request), its codec,
+    and where its answer goes."""
+
+    payload: Any
+    codec: Codec
+    future: asyncio.Future[Any]
+
+
+# A decoded, checked request: its input arrays in the model's order, and its job.
+Ready = tuple[InferRequest, list[np.ndarray], _Job]
+Outcome = tuple[asyncio.Future[Any], Any]  # the answer, or the exception to raise
 
 
 @dataclass(slots=True)
 class _Queue:
-    items: deque[Item]
+    items: deque[_Job]
     running: bool = False
 
 
@@ -64,15 +75,17 @@ class Batcher:
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._lock = threading.Lock()
 
-    def submit(self, model: LoadedModel, request: bytes | InferRequest) -> asyncio.Future[bytes]:
-        """Queue one request for ``model``; the future resolves to the encoded answer."""
-        future: asyncio.Future[bytes] = self._loop.create_future()
+    def submit(self, model: LoadedModel, payload: Any, codec: Codec) -> asyncio.Future[Any]:
+        """Queue one request for ``model`` (a payload ``codec`` decodes, or an
+        already decoded ``InferRequest``); the future resolves to the answer
+        encoded by ``codec``."""
+        future: asyncio.Future[Any] = self._loop.create_future()
         key = (model.name, model.version)
         with self._lock:
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(deque())
-            queue.items.append((request, future))
+            queue.items.append(_Job(payload, codec, future))
             start = not queue.running
             queue.running = True
         if start:
@@ -80,17 +93,29 @@ class Batcher:
         return future
 
     def _drain(self, model: LoadedModel, queue: _Queue) -> None:
-        """Runs in the pool: batches until the model's queue is empty."""
-        while True:
+        """Runs in the pool: batches until the model's queue is empty. Whatever
+        goes wrong fails that batch's callers (500) and the queue goes on; the
+        queue is never left marked running with nobody draining it."""
+        try:
+            while True:
+                with self._lock:
+                    if not queue.items:
+                        queue.running = False
+                        return
+                    jobs = list(queue.items)
+                    queue.items.clear()
+                rows: list[int] = []
+                try:
+                    outcomes = self._run(model, jobs, rows)
+                except Exception as exc:
+                    log.exception("model %s: a batch failed unexpectedly", model.name)
+                    failure = ModelUnavailable(f"model '{model.name}' failed to run ({type(exc).__name__})")
+                    outcomes = [(job.future, failure) for job in jobs]
+                self._loop.call_soon_threadsafe(self._deliver, model.name, rows, outcomes)
+        except BaseException:
             with self._lock:
-                if not queue.items:
-                    queue.running = False
-                    return
-                items = list(queue.items)
-                queue.items.clear()
-            rows: list[int] = []
-            outcomes = self._run(model, items, rows)
-            self._loop.call_soon_threadsafe(self._deliver, model.name, rows, outcomes)
+                queue.running = False
+            raise
 
     def _deliver(self, name: str, rows: list[int], outcomes: list[Outcome]) -> None:
         """On the event loop: record the batch sizes, resolve the futures."""
@@ -105,29 +130,36 @@ class Batcher:
             else:
                 future.set_result(outcome)
 
-    def _run(self, model: LoadedModel, items: list[Item], rows: list[int]) -> list[Outcome]:
+    def _run(self, model: LoadedModel, jobs: list[_Job], rows: list[int]) -> list[Outcome]:
         """In the pool: decode, check, forward, encode; ``rows`` gets each forward's size."""
         outcomes: list[Outcome] = []
         ready: list[Ready] = []
-        for raw, future in items:
+        for job in jobs:
             try:
-                request = raw if isinstance(raw, InferRequest) else decode_infer_request(raw, self._max_elements)
-                ready.append((request, check_request(request, model.config), future))
+                payload = job.payload
+                request = (
+                    payload if isinstance(payload, InferRequest) else job.codec.decode(payload, self._max_elements)
+                )
+                ready.append((request, check_request(request, model.config), job))
             except ProtocolError as exc:
-                outcomes.append((future, exc))
+                outcomes.append((job.future, exc))
         for group in _groups(ready, model.config.max_batch_size):
             try:
                 results = _forward(model, [arrays for _, arrays, _ in group])
                 rows.append(sum(arrays[0].shape[0] for _, arrays, _ in group))
             except Exception as exc:  # torch raises a wide range; the batch fails, the worker stays up
-                failure = ModelExecutionFailed(f"model '{model.name}' failed to run ({type(exc).__name__})")
-                outcomes.extend((future, failure) for _, _, future in group)
+                failure = ModelUnavailable(f"model '{model.name}' failed to run ({type(exc).__name__})")
+                outcomes.extend((job.future, failure) for _, _, job in group)
                 continue
-            for (request, _, future), outputs in zip(group, results, strict=True):
+            for (request, _, job), outputs in zip(group, results, strict=True):
                 try:
-                    outcomes.append((future, encode_answer(model, request, outputs)))
-                except Exception as exc:
-                    outcomes.append((future, exc))
+                    outcomes.append((job.future, job.codec.encode(answer_for(model, request, outputs))))
+                except ProtocolError as exc:
+                    outcomes.append((job.future, exc))
+                except Exception as exc:  # an output the codec cannot encode: this caller fails alone
+                    log.warning("model %s: answer could not be encoded (%s)", model.name, type(exc).__name__)
+                    failure = ModelUnavailable(f"model '{model.name}' produced an answer that cannot be encoded")
+                    outcomes.append((job.future, failure))
         return outcomes
 
 
@@ -136,10 +168,7 @@ def _groups(ready: list[Ready], max_batch: int) -> list[list[Ready]]:
     at most ``max_batch`` rows (each request alone when the model has no batch dimension)."""
     if max_batch <= 0:
         return [[entry] for entry in ready]
-    by_shape: dict[
-        tuple[tuple[int, ...], ...], list[list[tuple[InferRequest, list[np.ndarray], asyncio.Future[bytes]]]]
-    ]
-    by_shape = {}
+    by_shape: dict[tuple[tuple[int, ...], ...], list[list[Ready]]] = {}
     rows: dict[tuple[tuple[int, ...], ...], int] = {}
     for entry in ready:
         shape = tuple(a.shape[1:] for a in entry[1])

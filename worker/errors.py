@@ -1,32 +1,9 @@
-"""Worker errors, each with the HTTP status it answers with.
-
-ProtocolError (protocol.errors)
-├── BadRequest 400, NotFound 404, PayloadTooLarge 413   (protocol.errors)
-├── ModelLoadFailed        500: weights or config could not be loaded
-├── ModelTooLarge          507: the model cannot fit in memory
-└── NotReady               503: the worker is starting or draining
-"""
+"""Worker-internal errors. Errors a request carries back to the client live in
+``protocol.errors`` (one hierarchy, one status table for REST and gRPC)."""
 
 from __future__ import annotations
 
-from protocol.errors import ProtocolError
-
-
-class ModelLoadFailed(ProtocolError):
-    status = 500
-
-
-class ModelExecutionFailed(ProtocolError):
-    status = 500
-
-
-class ModelTooLarge(ProtocolError):
-    status = 507
-
-
-class NotReady(ProtocolError):
-    status = 503
-
 
 class InvalidModelConfig(ValueError):
-    """A repository entry's config.json is unusable (not a request error)."""
+    """A repository entry's config.json is unusable (not a request error: the
+    version is listed as UNAVAILABLE with this reason)."""

@@ -13,8 +13,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from protocol.errors import ModelUnavailable
 from worker.architectures import ARCHITECTURES
-from worker.errors import ModelLoadFailed
 from worker.model_config import ModelConfig
 from worker.repository import WEIGHTS_FILE, ModelVersion
 
@@ -22,25 +22,25 @@ from worker.repository import WEIGHTS_FILE, ModelVersion
 def load_module(entry: ModelVersion) -> nn.Module:
     config = entry.config
     if config is None:
-        raise ModelLoadFailed(f"model '{entry.name}' version {entry.version} is unusable: {entry.problem}")
+        raise ModelUnavailable(f"model '{entry.name}' version {entry.version} is unusable: {entry.problem}")
     where = f"model '{entry.name}' version {entry.version}"
     arch = ARCHITECTURES.get(config.architecture)
     if arch is None:
-        raise ModelLoadFailed(f"{where}: unknown architecture '{config.architecture}'")
+        raise ModelUnavailable(f"{where}: unknown architecture '{config.architecture}'")
     _check_interface(where, config)
     try:
         with torch.device("meta"):
             module = arch.build(config.args)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadFailed(f"{where}: bad architecture arguments ({exc})") from None
+        raise ModelUnavailable(f"{where}: bad architecture arguments ({exc})") from None
     try:
         state = load_file(entry.path / WEIGHTS_FILE)
     except (SafetensorError, OSError) as exc:
-        raise ModelLoadFailed(f"{where}: weights could not be read ({type(exc).__name__})") from None
+        raise ModelUnavailable(f"{where}: weights could not be read ({type(exc).__name__})") from None
     try:
         module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:
-        raise ModelLoadFailed(f"{where}: weights do not match the architecture") from None
+        raise ModelUnavailable(f"{where}: weights do not match the architecture") from None
     module.eval()
     module.requires_grad_(False)
     return module
@@ -51,8 +51,8 @@ def _check_interface(where: str, config: ModelConfig) -> None:
     try:
         inputs, outputs = arch.interface(config.args)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadFailed(f"{where}: bad architecture arguments ({exc})") from None
+        raise ModelUnavailable(f"{where}: bad architecture arguments ({exc})") from None
     if [(t.name, t.datatype) for t in inputs] != [(t.name, t.datatype) for t in config.inputs] or [
         (t.name, t.datatype) for t in outputs
     ] != [(t.name, t.datatype) for t in config.outputs]:
-        raise ModelLoadFailed(f"{where}: config inputs/outputs do not match architecture '{config.architecture}'")
+        raise ModelUnavailable(f"{where}: config inputs/outputs do not match architecture '{config.architecture}'")

@@ -1,4 +1,4 @@
-"""The worker's metrics (names as DESIGN.md's Settled points give them).
+"""The worker's metrics (names as docs/design.md gives them).
 
 Label ``model`` only takes names the repository knows; anything else is
 ``unknown``, so a client cannot blow up the series count with made-up names.
@@ -28,8 +28,8 @@ class WorkerMetrics:
             "affinity_batch_size", "Rows per forward pass.", ["model"], (1, 2, 4, 8, 16, 32, 64, 128, 256)
         )
 
-    def observe(self, model: str, code: int, seconds: float) -> None:
-        self.requests.observe(model, code, "none", seconds)
+    def observe(self, model: str, code: int, protocol: str, seconds: float) -> None:
+        self.requests.observe(model, code, "none", seconds, protocol)
 
     def batch(self, model: str, rows: int) -> None:
         """Rows in one forward pass (called on the event loop, like every metric update)."""

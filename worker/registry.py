@@ -16,8 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from common.singleflight import SingleFlight
-from protocol.errors import ProtocolError
-from worker.errors import ModelLoadFailed
+from protocol.errors import ModelUnavailable, ProtocolError
 from worker.loader import load_module
 from worker.metrics import WorkerMetrics
 from worker.repository import ModelVersion
@@ -70,7 +69,7 @@ class ModelRegistry:
             reason = f"model '{entry.name}' version {entry.version} failed to load ({type(exc).__name__})"
             self._failed[entry.key] = reason
             log.exception("load failed: %s", reason)
-            raise ModelLoadFailed(reason) from exc
+            raise ModelUnavailable(reason) from exc
         elapsed = time.perf_counter() - started
         self._failed.pop(entry.key, None)
         self._resident[entry.key] = model

@@ -79,9 +79,6 @@ class Repository:
     def has(self, name: str) -> bool:
         return name in self._models
 
-    def names(self) -> list[str]:
-        return list(self._models)
-
     def versions(self, name: str) -> list[ModelVersion]:
         return sorted(self._models.get(name, {}).values(), key=lambda v: int(v.version))
 

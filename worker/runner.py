@@ -9,6 +9,7 @@ reaches torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,9 +17,9 @@ from torch import nn
 
 from protocol.datatypes import NUMPY_DTYPES
 from protocol.errors import BadRequest
-from protocol.json_codec import decode_infer_request, encode_infer_response
 from protocol.types import InferRequest, InferResponse, Tensor, TensorSpec
 from worker.architectures import ARCHITECTURES
+from worker.codecs import Codec
 from worker.model_config import ModelConfig
 
 
@@ -78,20 +79,19 @@ def run_module(model: LoadedModel, arrays: list[np.ndarray]) -> list[np.ndarray]
     return [o.contiguous().numpy() for o in outs]
 
 
-def encode_answer(model: LoadedModel, request: InferRequest, results: list[np.ndarray]) -> bytes:
-    """The V2 answer for one request: the outputs it asked for (all by default), its id first."""
+def answer_for(model: LoadedModel, request: InferRequest, results: list[np.ndarray]) -> InferResponse:
+    """The V2 answer for one request: the outputs it asked for (all by default)."""
     wanted = None if request.outputs is None else {o.name for o in request.outputs}
     outputs = [
         Tensor(spec.name, spec.datatype, tuple(arr.shape), arr)
         for spec, arr in zip(model.config.outputs, results, strict=True)
         if wanted is None or spec.name in wanted
     ]
-    response = InferResponse(model_name=model.name, model_version=model.version, id=request.id, outputs=outputs)
-    return encode_infer_response(response)
+    return InferResponse(model_name=model.name, model_version=model.version, id=request.id, outputs=outputs)
 
 
-def decode_and_check(body: bytes, config: ModelConfig, max_elements: int) -> InferRequest:
-    request = decode_infer_request(body, max_elements)
+def decode_and_check(payload: Any, codec: Codec, config: ModelConfig, max_elements: int) -> InferRequest:
+    request = codec.decode(payload, max_elements)
     check_request(request, config)
     return request
 

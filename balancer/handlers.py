@@ -1,0 +1,98 @@
+"""The balancer's REST front: path, headers and body in; a service call; rendering out.
+
+The infer handler stays synchronous when the service answers at once (a cache
+hit): it returns a ``Response``, not a coroutine, so the HTTP server writes it
+inside ``data_received`` without creating a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from balancer.plan import Answer, InferCall
+from balancer.service import BalancerService
+from common.http_router import Router
+from common.http_server import Request, Response
+from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
+from protocol.errors import BadRequest
+
+BINARY_HEADER = "inference-header-content-length"
+
+
+def check_json_request(headers: dict[str, str]) -> None:
+    """Refuse, clearly, a request in the binary tensor data extension (not served yet)."""
+    if BINARY_HEADER in headers:
+        raise BadRequest("the binary tensor data extension is not supported yet: send the request as JSON")
+
+
+def render(answer: Answer) -> Response:
+    if answer.hit_headers:
+        return Response(answer.status, answer.body, None, None, answer.hit_headers)
+    return Response(answer.status, answer.body, answer.content_type, answer.headers)
+
+
+async def _render_later(pending: Awaitable[Answer]) -> Response:
+    return render(await pending)
+
+
+class BalancerHandlers:
+    def __init__(self, service: BalancerService) -> None:
+        self.service = service
+
+    def routes(self) -> Router:
+        return v2_router(
+            V2Handlers(
+                infer=self.infer,
+                live=self.live,
+                ready=self.ready,
+                server_metadata=self.server_metadata,
+                model_metadata=self.model_metadata,
+                model_ready=self.model_ready,
+                model_config=self.model_config,
+                repository_index=self.repository_index,
+                metrics=self.metrics,
+            )
+        )
+
+    def infer(self, request: Request) -> Response | Awaitable[Response]:
+        headers = request.headers
+        check_json_request(headers)
+        match = request.match
+        call = InferCall(
+            match["name"],
+            match.get("version"),
+            request.body,
+            headers.get("content-type", JSON),
+            headers.get("cache-control"),
+        )
+        outcome = self.service.infer(call)
+        return render(outcome) if isinstance(outcome, Answer) else _render_later(outcome)
+
+    async def model_metadata(self, request: Request) -> Response:
+        match = request.match
+        return json_response(await self.service.model_metadata(match["name"], match.get("version")))
+
+    async def model_ready(self, request: Request) -> Response:
+        match = request.match
+        ready = await self.service.model_ready(match["name"], match.get("version"))
+        return json_response({"name": match["name"], "ready": ready}, 200 if ready else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        match = request.match
+        return json_response(await self.service.model_config(match["name"], match.get("version")))
+
+    def server_metadata(self, request: Request) -> Response:
+        return json_response(self.service.server_metadata().to_json())
+
+    def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    def ready(self, request: Request) -> Response:
+        ready = self.service.ready
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def repository_index(self, request: Request) -> Response:
+        return json_response(await self.service.repository_index(query_flag(request.body, "ready")))
+
+    def metrics(self, request: Request) -> Response:
+        return Response(200, self.service.render_metrics(), METRICS_TYPE)

@@ -1,0 +1,54 @@
+"""What one inference carries through the balancer: the call as a front hands it
+over, the plan built once from it, and the answer handed back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class InferCall:
+    """One inference as a front hands it over (REST: the path's model and version,
+    the raw JSON body and the headers that matter)."""
+
+    model: str
+    version: str | None
+    body: bytes
+    content_type: str
+    cache_control: str | None = None
+    protocol: str = "rest"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """Everything decided about a request before it waits on anything: built once,
+    passed along the miss path instead of a row of arguments."""
+
+    model: str
+    version: str  # resolved: the one named, or the latest
+    key: str | None  # the cache key; None when the answer is neither looked up nor stored
+    request_id: str | None  # echoed on every answer, never part of the key
+    lookup: bool  # look the key up, and join an identical request in flight
+    store: bool  # store a cacheable answer under the key
+    started: float  # perf_counter() when the request was read
+
+    @property
+    def cache_state(self) -> str:
+        return "miss" if self.lookup else "bypass"
+
+    @property
+    def upstream_path(self) -> str:
+        return f"/v2/models/{self.model}/versions/{self.version}/infer"
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the service answers: a front renders it in its own format."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+    cache: str  # hit, miss or bypass
+    served_by: str
+    headers: dict[str, str] | None = None  # X-Cache, X-Served-By, X-Model-Source, Retry-After (misses)
+    hit_headers: bytes = b""  # a hit's header block, encoded once when the entry was made

@@ -1,0 +1,252 @@
+"""The balancer's transport-free service: the request path, steps 1-7.
+
+    1 model (+ version) checked against the cached index (unknown: one refresh, then 404)
+    2 a plan: resolved version, cache key over the canonical inputs (not the id), flags
+    3 in-process LRU, then Redis: a hit answers at once (X-Cache: hit)
+    4 a miss joins an identical request in flight, or goes upstream
+    5-6 the router picks a worker by policy and retries on the next candidate
+    7 a 2xx answer of a deterministic, cacheable model is stored
+
+The hot path is synchronous as far as it can be: an in-process hit is answered
+without creating a task or awaiting anything; ``infer`` returns an awaitable
+only when it must wait (an index refresh, Redis, a worker). Each request's
+metrics are recorded once, in ``_record``. Fronts (REST handlers, the gRPC
+servicer) translate their wire format into ``InferCall`` and render ``Answer``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from balancer.caching import CacheRules
+from balancer.config import BalancerConfig
+from balancer.index import ModelIndex, ModelInfo
+from balancer.members import Members
+from balancer.metrics import BalancerMetrics
+from balancer.plan import Answer, InferCall, RequestPlan
+from balancer.router import Router
+from balancer.transport import UpstreamResponse
+from cache.entry import CachedAnswer
+from cache.response_cache import ResponseCache
+from common import __version__
+from common.singleflight import SingleFlight
+from protocol.errors import (
+    BadRequest,
+    ModelNotFound,
+    ProtocolError,
+    UpstreamUnavailable,
+    VersionNotFound,
+    error_for_status,
+)
+from protocol.json_body import loads_object, splice_id
+from protocol.names import check_name, check_version
+from protocol.types import ServerMetadata
+
+SERVER_NAME = "affinity-serve"
+EXTENSIONS = ("model_repository",)
+JSON = "application/json"
+
+Outcome = Answer | Awaitable[Answer]
+
+
+@dataclass(slots=True)
+class Upstream:
+    """What one upstream call produced, shared by coalesced callers."""
+
+    response: UpstreamResponse
+    worker: str
+    request_id: str | None
+    stripped: bytes | None = None  # id-free body, when the answer was 2xx JSON
+
+
+def resolve_version(info: ModelInfo, version: str | None) -> str:
+    """The version that will serve the request: the one named, or the latest."""
+    if version is None:
+        return info.latest
+    if version not in info.versions:
+        check_version(version)
+        raise VersionNotFound(info.name, version)
+    return version
+
+
+class BalancerService:
+    def __init__(
+        self,
+        config: BalancerConfig,
+        members: Members,
+        index: ModelIndex,
+        router: Router,
+        cache: ResponseCache,
+        metrics: BalancerMetrics,
+    ) -> None:
+        self.config = config
+        self.members = members
+        self.index = index
+        self.router = router
+        self.cache = cache
+        self.rules = CacheRules(cache)
+        self.metrics = metrics
+        self.flights: SingleFlight[Upstream] = SingleFlight()
+        self.draining = False
+
+    # inference
+
+    def infer(self, call: InferCall) -> Outcome:
+        started = time.perf_counter()
+        try:
+            info = self.index.get(call.model)
+            outcome = self._infer(call, info, started) if info is not None else self._infer_unknown(call, started)
+        except ProtocolError as exc:
+            self._record(call, exc.status, "miss", started)
+            raise
+        if isinstance(outcome, Answer):
+            self._record(call, outcome.status, outcome.cache, started)
+            return outcome
+        return self._recorded(call, outcome, started)
+
+    async def _recorded(self, call: InferCall, outcome: Awaitable[Answer], started: float) -> Answer:
+        try:
+            answer = await outcome
+        except ProtocolError as exc:
+            self._record(call, exc.status, "miss", started)
+            raise
+        self._record(call, answer.status, answer.cache, started)
+        return answer
+
+    def _record(self, call: InferCall, status: int, cache: str, started: float) -> None:
+        self.metrics.observe(call.model, status, cache, time.perf_counter() - started, call.protocol)
+
+    async def _infer_unknown(self, call: InferCall, started: float) -> Answer:
+        info = await self.index.lookup(check_name(call.model))
+        if info is None:
+            raise ModelNotFound(call.model)
+        outcome = self._infer(call, info, started)
+        return outcome if isinstance(outcome, Answer) else await outcome
+
+    def _infer(self, call: InferCall, info: ModelInfo, started: float) -> Outcome:
+        """Everything that can be decided without waiting; a hit is answered here."""
+        version = resolve_version(info, call.version)
+        hit = self.rules.memo_hit(info, version, call)
+        if hit is not None:
+            self.metrics.hit("local")
+            return _hit(hit, None)
+        obj = loads_object(call.body)
+        request_id = obj.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise BadRequest("'id' must be a string")
+        plan = self.rules.plan(info, version, call, obj, request_id, started)
+        if plan.lookup:
+            assert plan.key is not None
+            hit = self.cache.get_local(plan.key)
+            if hit is not None:
+                self.metrics.hit("local")
+                return _hit(hit, request_id)
+            if self.cache.remote is not None:
+                return self._remote_then_forward(plan, call)
+            self.metrics.cache_misses.value += 1
+        return self._forward(plan, call)
+
+    async def _remote_then_forward(self, plan: RequestPlan, call: InferCall) -> Answer:
+        assert plan.key is not None
+        hit = await self.cache.get_remote(plan.key)
+        if hit is not None:
+            self.metrics.hit("redis")
+            return _hit(hit, plan.request_id)
+        self.metrics.cache_misses.value += 1
+        return await self._forward(plan, call)
+
+    async def _forward(self, plan: RequestPlan, call: InferCall) -> Answer:
+        work = self._upstream(plan, call)
+        if plan.lookup:
+            assert plan.key is not None
+            result, shared = await self.flights.do(plan.key, work)
+        else:
+            result, shared = await work, False
+        resp = result.response
+        body = resp.body
+        if shared:
+            self.metrics.coalesced.value += 1
+            if result.stripped is not None and result.request_id != plan.request_id:
+                body = splice_id(result.stripped, plan.request_id)
+        headers = {"X-Cache": plan.cache_state, "X-Served-By": result.worker}
+        for name in ("X-Model-Source", "Retry-After"):
+            value = resp.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        content_type = resp.headers.get("Content-Type", JSON)
+        return Answer(resp.status, body, content_type, plan.cache_state, result.worker, headers)
+
+    async def _upstream(self, plan: RequestPlan, call: InferCall) -> Upstream:
+        resp, worker = await self.router.send(plan.model, "POST", plan.upstream_path, call.body, call.content_type)
+        result = Upstream(resp, worker, plan.request_id)
+        if plan.lookup or plan.store:  # the id-free body is needed only to store or to share
+            content_type = resp.headers.get("Content-Type", "")
+            result.stripped = self.rules.keep(plan, resp.status, content_type, resp.body, worker)
+        return result
+
+    # metadata, health, repository
+
+    async def _model(self, name: str, version: str | None) -> ModelInfo:
+        info = self.index.get(name) or await self.index.lookup(check_name(name))
+        if info is None:
+            raise ModelNotFound(name)
+        resolve_version(info, version)
+        return info
+
+    async def _ask_owner(self, name: str, version: str | None, suffix: str = "") -> UpstreamResponse:
+        await self._model(name, version)
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + suffix
+        resp, _ = await self.router.send(name, "GET", path)
+        return resp
+
+    async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """The model's metadata, as its owner serves it."""
+        return _json_or_raise(await self._ask_owner(name, version))
+
+    async def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        return _json_or_raise(await self._ask_owner(name, version, "/config"))
+
+    async def model_ready(self, name: str, version: str | None) -> bool:
+        resp = await self._ask_owner(name, version, "/ready")
+        if resp.status == 503:
+            return False
+        return bool(_json_or_raise(resp).get("ready", False))
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
+
+    @property
+    def ready(self) -> bool:
+        return self.index.loaded and len(self.members) > 0 and not self.draining
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        await self.index.refresh()
+        if not self.index.loaded:
+            raise UpstreamUnavailable("no worker answered the repository index")
+        return [r for r in self.index.rows if not ready_only or r["state"] == "READY"]
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render()
+
+
+def _hit(hit: CachedAnswer, request_id: str | None) -> Answer:
+    return Answer(200, splice_id(hit.body, request_id), None, "hit", hit.served_by, None, hit.hit_headers)
+
+
+def _json_or_raise(resp: UpstreamResponse) -> dict[str, Any]:
+    """A worker's JSON object answer, or its error re-raised as ours (same status, same message)."""
+    try:
+        obj = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if resp.status != 200:
+        message = obj.get("error") if isinstance(obj, dict) else None
+        raise error_for_status(resp.status, str(message or f"worker answered {resp.status}"))
+    if not isinstance(obj, dict):
+        raise UpstreamUnavailable("a worker answered with a malformed body")
+    return obj

@@ -1,0 +1,84 @@
+"""One process lifecycle for the balancer and the worker.
+
+    start -> serve until SIGTERM/SIGINT -> not ready (drain delay, still serving)
+          -> stop: stop listening, finish what was accepted, close resources -> exit 0
+    a second signal at any point of the drain forces the exit (code 1), as
+    uvicorn's ``Server`` does: an operator who presses Ctrl-C twice means it.
+
+An application is anything with ``start``, ``begin_drain`` and ``stop``; it is
+run on uvloop where installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+FORCED_EXIT = 1
+
+
+class Application(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    def begin_drain(self) -> None:
+        """Report not-ready from now on, while still serving."""
+
+    async def stop(self) -> None:
+        """Stop listening, let accepted requests finish (bounded), close resources."""
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a process's main coroutine on the fastest event loop available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def serve_until_signalled(app: Application, drain_delay: float) -> int:
+    """Start ``app``, serve until a signal, drain and stop; the process's exit code."""
+    loop = asyncio.get_running_loop()
+    first, second = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (second if first.is_set() else first).set()
+
+    await app.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await first.wait()
+        log.info("%s draining", app.name)
+        app.begin_drain()
+        stopping = loop.create_task(_drain_then_stop(app, drain_delay))
+        forced = loop.create_task(second.wait())
+        await asyncio.wait((stopping, forced), return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not stopping.done():
+            log.warning("%s: second signal, exiting without waiting for the drain", app.name)
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
+            return FORCED_EXIT
+        stopping.result()
+        log.info("%s stopped", app.name)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _drain_then_stop(app: Application, drain_delay: float) -> None:
+    # Not ready but still serving, so load balancers and Kubernetes stop sending first.
+    await asyncio.sleep(drain_delay)
+    await app.stop()
