@@ -97,6 +97,7 @@ class Balancer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flights.cancel_all()
+        self.service.rules.close()
         await self.service.cache.close()
         await self.transport.close()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 POLICIES = ("affinity", "consistent")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 
 
 def worker_url(url: str) -> str:
@@ -31,8 +32,9 @@ class BalancerConfig:
     balance_factor: float = 1.25
     redis_url: str | None = None
     cache_size: int = 256 << 20
-    cache_ttl: int = 3600
+    cache_ttl: float = 3600
     cache_max_entry: int = 1 << 20
+    cache_lock_timeout: float = 5.0  # longest wait for another balancer computing the same answer
     max_body_size: int = 64 << 20
     connect_timeout: float = 1.0
     try_timeout: float = 60.0
@@ -57,5 +59,7 @@ class BalancerConfig:
             raise ValueError("retries, TTL and timeouts must be positive")
         if self.drain_delay < 0:
             raise ValueError("drain delay cannot be negative")
-        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis URL must start with redis://, rediss:// or unix://")
+        if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"redis URL must start with one of {', '.join(REDIS_SCHEMES)}")
+        if self.cache_lock_timeout <= 0:
+            raise ValueError("the cache lock timeout must be positive")

@@ -2,7 +2,7 @@
 
 ``StaticDiscovery`` takes the addresses given with ``--workers`` and asks each
 worker who it is (``GET /v2`` answers with its ``worker_id``), so the ring is
-built from the ids the workers report (DESIGN.md's identity rule: two
+built from the ids the workers report (docs/design.md, "Identity": two
 balancers given the same members build the same ring, whatever address they
 use). A worker joins once it has answered; one that stops answering keeps its
 last known id (health, not discovery, decides whether it gets traffic).

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
 from balancer.errors import UpstreamError
 from balancer.members import Members
 from balancer.transport import Transport
+from cache.keys import KeyScope
 from common.singleflight import SingleFlight
 from protocol.types import IndexEntry
 
@@ -32,6 +33,16 @@ class ModelInfo:
     latest: str
     deterministic: bool
     cacheable: bool
+    # Per version, the cache scope binding its weights' sha256; absent when the
+    # workers disagree on the weights (a rollout in progress): not cached then.
+    scopes: dict[str, KeyScope] = field(default_factory=dict)
+    cache_ttl: float | None = None
+
+    def scope(self, version: str) -> KeyScope | None:
+        """The cache scope of a version's answers, None when they must not be cached."""
+        if not (self.cacheable and self.deterministic):
+            return None
+        return self.scopes.get(version)
 
 
 class ModelIndex:
@@ -91,11 +102,17 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
     versions: dict[str, set[str]] = {}
     deterministic: dict[str, bool] = {}
     cacheable: dict[str, bool] = {}
+    ttl: dict[str, float | None] = {}
+    weights: dict[tuple[str, str], set[str]] = {}
     combined: dict[tuple[str, str], dict[str, object]] = {}
     for worker_id, entry in rows:
         versions.setdefault(entry.name, set()).add(entry.version)
         deterministic[entry.name] = deterministic.get(entry.name, True) and entry.deterministic
         cacheable[entry.name] = cacheable.get(entry.name, True) and entry.cacheable
+        if entry.cache_ttl is not None:
+            ttl[entry.name] = min(entry.cache_ttl, ttl.get(entry.name) or entry.cache_ttl)
+        if entry.sha256:
+            weights.setdefault((entry.name, entry.version), set()).add(entry.sha256)
         row = combined.setdefault((entry.name, entry.version), {**entry.to_json(), "resident_on": []})
         if _SEVERITY.get(entry.state, 0) > _SEVERITY.get(str(row["state"]), 0):
             row["state"], row["reason"] = entry.state, entry.reason
@@ -109,6 +126,8 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
             max(vs, key=lambda v: int(v) if v.isdigit() else -1),
             deterministic[name],
             cacheable[name],
+            {v: KeyScope(name, v, next(iter(weights[name, v]))) for v in vs if len(weights.get((name, v), ())) == 1},
+            ttl.get(name),
         )
         for name, vs in versions.items()
     }

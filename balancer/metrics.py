@@ -1,16 +1,19 @@
 """The balancer's metrics (names as docs/design.md gives them).
 
 Label ``model`` only takes names from the repository index; anything else is
-``unknown`` (see ``common.metrics.RequestMetrics``).
+``unknown`` (see ``common.metrics.RequestMetrics``). Every update on the hot
+path is a plain addition on a child looked up once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from common.metrics import CallbackGauge, Registry, RequestMetrics
+from cache.response_cache import ResponseCache
+from common.metrics import CallbackCounter, CallbackGauge, CounterChild, Registry, RequestMetrics
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 class BalancerMetrics:
@@ -19,15 +22,25 @@ class BalancerMetrics:
         r = self.registry
         self.requests = RequestMetrics(r, "balancer", known_model, LATENCY_BUCKETS)
         self.observe = self.requests.observe
+        self.label = self.requests.label
         self.upstream = r.histogram(
             "affinity_upstream_duration_seconds", "Time of one try at a worker.", ["worker"], LATENCY_BUCKETS
         )
         self.decisions = r.counter("affinity_route_decisions", "Routing decisions.", ["decision"])
-        self.cache_hits = r.counter("affinity_cache_hits", "Response cache hits, by layer.", ["layer"])
-        self.cache_misses = r.counter("affinity_cache_misses", "Response cache misses.").labels()
+        self.cache_hits = r.counter(
+            "affinity_cache_hits", "Response cache hits, by layer and model.", ["layer", "model"]
+        )
+        self.cache_misses = r.counter("affinity_cache_misses", "Response cache misses, by model.", ["model"])
         self.coalesced = r.counter(
-            "affinity_cache_coalesced", "Requests that shared an identical request in flight."
-        ).labels()
+            "affinity_cache_coalesced",
+            "Requests answered by an identical request in flight, here (local) or in another balancer (remote).",
+            ["scope"],
+        )
+        self.stores = r.counter("affinity_cache_stores", "Answers stored in the cache.").labels()
+        self.skips = r.counter("affinity_cache_skips", "Answers not stored, by reason.", ["reason"])
+        self.lookup = r.histogram(
+            "affinity_cache_lookup_seconds", "Time of a Redis cache lookup.", ["layer"], LOOKUP_BUCKETS
+        ).labels("redis")
         counts = inflight if inflight is not None else {}
         r.add(
             CallbackGauge(
@@ -38,7 +51,35 @@ class BalancerMetrics:
             )
         )
         self._decisions = {d: self.decisions.labels(d) for d in ("primary", "spill", "retry")}
-        self._hits = {layer: self.cache_hits.labels(layer) for layer in ("local", "redis")}
+        self._hits: dict[tuple[str, str], CounterChild] = {}
+        self._misses: dict[str, CounterChild] = {}
+
+    def watch_cache(self, cache: ResponseCache) -> None:
+        """Counters the cache keeps itself, read when scraped."""
+        remote = cache.remote
+        self.registry.add(
+            CallbackCounter(
+                "affinity_cache_invalid_entries",
+                "Entries read from Redis and refused (unparseable or unsafe): served as misses.",
+                [],
+                lambda: {(): float(cache.invalid)},
+            )
+        )
+        if remote is not None:
+            self.registry.add(
+                CallbackCounter(
+                    "affinity_cache_redis_errors", "Redis calls that failed or timed out.", [],
+                    lambda: {(): float(remote.errors)},
+                )
+            )  # fmt: skip
+            self.registry.add(
+                CallbackGauge(
+                    "affinity_cache_breaker_state",
+                    "The Redis layer's circuit breaker: 1 for the state it is in.",
+                    ["state"],
+                    lambda: {(s,): float(remote.breaker.state == s) for s in ("closed", "open", "half-open")},
+                )
+            )
 
     def upstream_try(self, worker: str, seconds: float) -> None:
         self.upstream.labels(worker).observe(seconds)
@@ -46,8 +87,28 @@ class BalancerMetrics:
     def route(self, decision: str) -> None:
         self._decisions[decision].value += 1
 
-    def hit(self, layer: str) -> None:
-        self._hits[layer].value += 1
+    def hit(self, layer: str, model: str) -> None:
+        child = self._hits.get((layer, model))
+        if child is None:
+            child = self.cache_hits.labels(layer, self.label(model))
+            if self.label(model) != "unknown":
+                self._hits[layer, model] = child
+        child.value += 1
+
+    def miss(self, model: str) -> None:
+        child = self._misses.get(model)
+        if child is None:
+            child = self.cache_misses.labels(self.label(model))
+            if self.label(model) != "unknown":
+                self._misses[model] = child
+        child.value += 1
+
+    def store_outcome(self, outcome: str) -> None:
+        """``stored``, or the reason an answer was not stored."""
+        if outcome == "stored":
+            self.stores.value += 1
+        else:
+            self.skips.labels(outcome).value += 1
 
     def render(self) -> bytes:
         return self.registry.render()

@@ -31,6 +31,7 @@ class RequestPlan:
     lookup: bool  # look the key up, and join an identical request in flight
     store: bool  # store a cacheable answer under the key
     started: float  # perf_counter() when the request was read
+    cache_ttl: float | None = None  # the model's own TTL for stored answers (None: the default)
 
     @property
     def cache_state(self) -> str:

@@ -36,14 +36,13 @@ from cache.response_cache import ResponseCache
 from common import __version__
 from common.singleflight import SingleFlight
 from protocol.errors import (
-    BadRequest,
     ModelNotFound,
     ProtocolError,
     UpstreamUnavailable,
     VersionNotFound,
     error_for_status,
 )
-from protocol.json_body import loads_object, splice_id
+from protocol.json_body import splice_id
 from protocol.names import check_name, check_version
 from protocol.types import ServerMetadata
 
@@ -62,6 +61,7 @@ class Upstream:
     worker: str
     request_id: str | None
     stripped: bytes | None = None  # id-free body, when the answer was 2xx JSON
+    cache: str = ""  # "hit" when another balancer computed it (found in Redis while waiting)
 
 
 def resolve_version(info: ModelInfo, version: str | None) -> str:
@@ -89,8 +89,9 @@ class BalancerService:
         self.index = index
         self.router = router
         self.cache = cache
-        self.rules = CacheRules(cache)
+        self.rules = CacheRules(cache, metrics.store_outcome)
         self.metrics = metrics
+        metrics.watch_cache(cache)
         self.flights: SingleFlight[Upstream] = SingleFlight()
         self.draining = False
 
@@ -133,31 +134,39 @@ class BalancerService:
         version = resolve_version(info, call.version)
         hit = self.rules.memo_hit(info, version, call)
         if hit is not None:
-            self.metrics.hit("local")
+            self.metrics.hit("local", info.name)
             return _hit(hit, None)
-        obj = loads_object(call.body)
-        request_id = obj.get("id")
-        if request_id is not None and not isinstance(request_id, str):
-            raise BadRequest("'id' must be a string")
-        plan = self.rules.plan(info, version, call, obj, request_id, started)
+        plan = self.rules.plan(info, version, call, started)
+        if plan is None:
+            return self._infer_large(call, info, version, started)
+        return self._planned(plan, call)
+
+    async def _infer_large(self, call: InferCall, info: ModelInfo, version: str, started: float) -> Answer:
+        plan = await self.rules.plan_large(info, version, call, started)
+        outcome = self._planned(plan, call)
+        return outcome if isinstance(outcome, Answer) else await outcome
+
+    def _planned(self, plan: RequestPlan, call: InferCall) -> Outcome:
         if plan.lookup:
             assert plan.key is not None
             hit = self.cache.get_local(plan.key)
             if hit is not None:
-                self.metrics.hit("local")
-                return _hit(hit, request_id)
+                self.metrics.hit("local", plan.model)
+                return _hit(hit, plan.request_id)
             if self.cache.remote is not None:
                 return self._remote_then_forward(plan, call)
-            self.metrics.cache_misses.value += 1
+            self.metrics.miss(plan.model)
         return self._forward(plan, call)
 
     async def _remote_then_forward(self, plan: RequestPlan, call: InferCall) -> Answer:
         assert plan.key is not None
+        began = time.perf_counter()
         hit = await self.cache.get_remote(plan.key)
+        self.metrics.lookup.observe(time.perf_counter() - began)
         if hit is not None:
-            self.metrics.hit("redis")
+            self.metrics.hit("redis", plan.model)
             return _hit(hit, plan.request_id)
-        self.metrics.cache_misses.value += 1
+        self.metrics.miss(plan.model)
         return await self._forward(plan, call)
 
     async def _forward(self, plan: RequestPlan, call: InferCall) -> Answer:
@@ -170,24 +179,45 @@ class BalancerService:
         resp = result.response
         body = resp.body
         if shared:
-            self.metrics.coalesced.value += 1
+            self.metrics.coalesced.labels("local").value += 1
             if result.stripped is not None and result.request_id != plan.request_id:
                 body = splice_id(result.stripped, plan.request_id)
-        headers = {"X-Cache": plan.cache_state, "X-Served-By": result.worker}
+        state = result.cache or plan.cache_state
+        headers = {"X-Cache": state, "X-Served-By": result.worker}
         for name in ("X-Model-Source", "Retry-After"):
             value = resp.headers.get(name)
             if value is not None:
                 headers[name] = value
         content_type = resp.headers.get("Content-Type", JSON)
-        return Answer(resp.status, body, content_type, plan.cache_state, result.worker, headers)
+        return Answer(resp.status, body, content_type, state, result.worker, headers)
 
     async def _upstream(self, plan: RequestPlan, call: InferCall) -> Upstream:
+        if plan.lookup and self.cache.remote is not None:
+            assert plan.key is not None
+            found = await self._computed_elsewhere(plan)
+            if found is not None:
+                return found
         resp, worker = await self.router.send(plan.model, "POST", plan.upstream_path, call.body, call.content_type)
         result = Upstream(resp, worker, plan.request_id)
         if plan.lookup or plan.store:  # the id-free body is needed only to store or to share
             content_type = resp.headers.get("Content-Type", "")
             result.stripped = self.rules.keep(plan, resp.status, content_type, resp.body, worker)
         return result
+
+    async def _computed_elsewhere(self, plan: RequestPlan) -> Upstream | None:
+        """Coalescing across balancers: when another balancer holds the key's lock,
+        wait (bounded) for the answer it stores; None means go upstream ourselves."""
+        assert plan.key is not None and self.cache.remote is not None
+        hold = self.config.cache_lock_timeout
+        if await self.cache.remote.claim(plan.key, hold):
+            return None
+        stored = await self.cache.wait_remote(plan.key, hold)
+        if stored is None:
+            return None
+        self.metrics.coalesced.labels("remote").value += 1
+        body = splice_id(stored.body, plan.request_id)
+        response = UpstreamResponse(200, body, {"Content-Type": stored.content_type})
+        return Upstream(response, stored.served_by, plan.request_id, stored.body, "hit")
 
     # metadata, health, repository
 

@@ -44,3 +44,9 @@ class ByteLRU(Generic[V]):
         self._items[key] = value
         self.used += size
         return True
+
+    def pop(self, key: str) -> V | None:
+        value = self._items.pop(key, None)
+        if value is not None:
+            self.used -= value.size
+        return value

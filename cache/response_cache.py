@@ -1,17 +1,21 @@
 """The response cache: an in-process LRU in front of an optional Redis layer.
 
 Lookups try the LRU synchronously first (the hit path takes no await), then
-Redis; a Redis hit is copied into the LRU. Stores go into the LRU at once and
-to Redis in an owned background task, so a miss never waits on Redis. With no
-Redis URL the LRU alone is the cache (the embedded default).
+Redis; a Redis hit is checked (``CachedAnswer.from_bytes``) and copied into the
+LRU. Stores go into the LRU at once and to Redis in an owned background task,
+so a miss never waits on Redis. Entries expire after their TTL in both layers.
+With no Redis URL the LRU alone is the cache (the embedded default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
 
-from cache.entry import CachedAnswer
+from cache.entry import CachedAnswer, InvalidEntry
 from cache.lru import ByteLRU
 from cache.redis_store import RedisStore
 
@@ -24,7 +28,7 @@ class ResponseCache:
     def __init__(
         self,
         capacity: int,
-        ttl: int = 3600,
+        ttl: float = 3600,
         max_entry: int = 1 << 20,
         remote: RedisStore | None = None,
     ) -> None:
@@ -32,35 +36,69 @@ class ResponseCache:
         self.remote = remote
         self.ttl = ttl
         self.max_entry = max_entry
-        self._pending: set[asyncio.Task[bool]] = set()
+        self.invalid = 0  # entries read from Redis and refused
+        self._pending: set[asyncio.Task[Any]] = set()
 
     def get_local(self, key: str) -> CachedAnswer | None:
-        return self.local.get(key)
+        answer = self.local.get(key)
+        if answer is not None and answer.expires <= time.monotonic():
+            self.local.pop(key)
+            return None
+        return answer
 
     async def get_remote(self, key: str) -> CachedAnswer | None:
         if self.remote is None:
             return None
         raw = await self.remote.get(key)
-        if raw is None:
+        return None if raw is None else self._admit(key, raw)
+
+    async def wait_remote(self, key: str, limit: float) -> CachedAnswer | None:
+        """The answer another balancer holds the lock for, once it is stored."""
+        if self.remote is None:
             return None
+        raw = await self.remote.wait(key, limit)
+        return None if raw is None else self._admit(key, raw)
+
+    def _admit(self, key: str, raw: bytes) -> CachedAnswer | None:
         try:
             answer = CachedAnswer.from_bytes(raw)
-        except ValueError:
-            log.warning("dropping an unreadable cache entry")
+        except InvalidEntry:
+            self.invalid += 1
+            log.debug("refused an unreadable cache entry")
+            return None
+        if answer.expires <= time.monotonic():
             return None
         self.local.put(key, answer)
         return answer
 
-    def put(self, key: str, answer: CachedAnswer) -> bool:
-        """Store an answer; False when it is over the entry size limit."""
-        if len(answer.body) > self.max_entry:
+    def fits(self, body: bytes) -> bool:
+        return len(body) <= self.max_entry
+
+    def put(self, key: str, body: bytes, served_by: str, ttl: float | None = None, release: bool = False) -> bool:
+        """Store an answer in both layers; False when it is over the entry size limit.
+        ``release``: this process holds the key's Redis lock; drop it with the store."""
+        if not self.fits(body):
             return False
+        ttl = self.ttl if ttl is None else ttl
+        answer = CachedAnswer(body, served_by, expires=time.monotonic() + ttl)
         self.local.put(key, answer)
-        if self.remote is not None and len(self._pending) < MAX_PENDING_STORES:
-            task = asyncio.get_running_loop().create_task(self.remote.set(key, answer.to_bytes(), self.ttl))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        if self.remote is not None:
+            store = self.remote.set_and_release if release else self.remote.set
+            self._background(store(key, answer.to_bytes(), ttl))
         return True
+
+    def release(self, key: str) -> None:
+        """Give up this process's Redis lock on ``key`` (no answer will be stored)."""
+        if self.remote is not None:
+            self._background(self.remote.release(key))
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        if len(self._pending) >= MAX_PENDING_STORES:
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def close(self) -> None:
         if self._pending:

@@ -33,9 +33,20 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--port", "HTTP port", type=int, default=8000)
     f.add("--policy", "routing policy: affinity (bounded load) or consistent", default="affinity")
     f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
-    f.add("--redis-url", "Redis URL for the shared cache layer (default: in-process only)")
+    f.add("--redis-url", "Redis URL for the shared cache layer (redis+cluster://host:port for a cluster)")
     f.add("--cache-size", "in-process cache size", type=size, default="256MiB")
-    f.add("--cache-ttl", "cache entry lifetime in seconds", type=int, default=3600)
+    f.add(
+        "--cache-ttl",
+        "seconds an answer stays cached (a model's config may set its own)",
+        type=float,
+        default=3600,
+    )
+    f.add(
+        "--cache-lock-timeout",
+        "seconds to wait for another balancer computing an answer",
+        type=float,
+        default=5.0,
+    )
     f.add("--cache-max-entry", "largest answer stored", type=size, default="1MiB")
     f.add("--max-body-size", "largest request body", type=size, default="64MiB")
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)

@@ -119,6 +119,17 @@ class CallbackGauge(Family):
         return family
 
 
+class CallbackCounter(CallbackGauge):
+    """A counter whose value is kept elsewhere (a client's error count) and read at
+    scrape time; ``name`` without ``_total``."""
+
+    def collect(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, value in self._read().items():
+            family.add_metric(list(values), value)
+        return family
+
+
 class Registry(Collector):
     def __init__(self) -> None:
         self.families: list[Family] = []

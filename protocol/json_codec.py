@@ -17,11 +17,11 @@ import orjson
 from protocol.datatypes import ACCEPTED_KINDS, NUMPY_DTYPES
 from protocol.errors import BadRequest, PayloadTooLarge
 from protocol.json_body import loads_object
+from protocol.packing import DEFAULT_MAX_ELEMENTS
 from protocol.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
 MAX_RANK = 16
 MAX_TENSORS = 256
-DEFAULT_MAX_ELEMENTS = 1 << 26
 
 
 def decode_infer_request(body: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> InferRequest:

@@ -84,7 +84,9 @@ class IndexEntry:
     """One row of the model repository index, as Triton serves it plus our fields.
 
     ``deterministic`` and ``cacheable`` tell the balancer whether answers may be
-    cached; ``state`` is READY, LOADING or UNAVAILABLE.
+    cached, ``cache_ttl`` for how long (None: the balancer's default), ``sha256``
+    names the version's weights (cache keys bind it); ``state`` is READY,
+    LOADING or UNAVAILABLE.
     """
 
     name: str
@@ -94,6 +96,8 @@ class IndexEntry:
     deterministic: bool = True
     cacheable: bool = True
     resident: bool = False
+    sha256: str = ""
+    cache_ttl: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,8 @@ class IndexEntry:
             "deterministic": self.deterministic,
             "cacheable": self.cacheable,
             "resident": self.resident,
+            "sha256": self.sha256,
+            "cache_ttl": self.cache_ttl,
         }
 
     @classmethod
@@ -116,6 +122,8 @@ class IndexEntry:
             deterministic=bool(raw.get("deterministic", True)),
             cacheable=bool(raw.get("cacheable", True)),
             resident=bool(raw.get("resident", False)),
+            sha256=str(raw.get("sha256", "")),
+            cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
         )
 
 

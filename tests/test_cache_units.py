@@ -2,64 +2,168 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from hypothesis import given
+import orjson
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache.breaker import CircuitBreaker
-from cache.entry import CachedAnswer
-from cache.keys import cache_key, canonical_request
+from cache.entry import CachedAnswer, InvalidEntry
+from cache.keys import KeyMemo, KeyScope, json_key_request, key_from_json_body, typed_key
 from cache.lru import ByteLRU
+from protocol.errors import BadRequest
 
 BASE: dict[str, Any] = {
-    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}],
+    "inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1.0, 2.0, 3.5, -4.0]},
+        {"name": "t", "datatype": "BYTES", "shape": [2], "data": ["ab", "c"]},
+    ],
     "outputs": [{"name": "y"}],
     "parameters": {"temperature": 1},
 }
 
 
-def _key(model: str = "m", version: str = "1", request: dict[str, Any] = BASE, namespace: str = "") -> str:
-    return cache_key(model, version, canonical_request(request), namespace)
+def _key(
+    request: dict[str, Any] = BASE,
+    model: str = "m",
+    version: str = "1",
+    weights: str = "w0",
+    namespace: str = "",
+) -> str:
+    return typed_key(KeyScope(model, version, weights, namespace), json_key_request(request))
 
 
 def test_id_is_not_part_of_the_key() -> None:
-    assert _key(request={**BASE, "id": "a"}) == _key(request={**BASE, "id": "b"}) == _key()
+    assert _key({**BASE, "id": "a"}) == _key({**BASE, "id": "b"}) == _key()
 
 
-def test_member_order_is_not_part_of_the_key() -> None:
-    reordered = {"parameters": BASE["parameters"], "outputs": BASE["outputs"], "inputs": BASE["inputs"]}
-    assert _key(request=reordered) == _key()
+def test_member_and_input_order_are_not_part_of_the_key() -> None:
+    reordered = {"parameters": BASE["parameters"], "outputs": BASE["outputs"], "inputs": BASE["inputs"][::-1]}
+    assert _key(reordered) == _key()
+
+
+def _nested(data: list[Any], shape: list[int]) -> list[Any]:
+    if len(shape) <= 1:
+        return data
+    step = len(data) // shape[0]
+    return [_nested(data[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+@settings(max_examples=60)
+@given(
+    st.sampled_from(["FP16", "FP32", "FP64"]),
+    st.lists(st.integers(-1000, 1000), min_size=1, max_size=24),
+    st.data(),
+)
+def test_equal_tensors_in_any_json_form_give_one_key(datatype: str, ints: list[int], data: st.DataObject) -> None:
+    """Nested or flat, 1 or 1.0, whatever the whitespace: the same typed tensor, the same key."""
+    n = len(ints)
+    rows = data.draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0]))
+    shape = [rows, n // rows]
+    flat = {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": ints}]}
+    as_floats = {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": [float(v) for v in ints]}]}
+    nested = {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": _nested(ints, shape)}]}
+    scope = KeyScope("m", "1", "w0")
+    keys = {_key(flat), _key(as_floats), _key(nested)}
+    pretty = orjson.dumps(nested, option=orjson.OPT_INDENT_2)
+    keys.add(key_from_json_body(pretty, scope)[0])
+    assert len(keys) == 1
+
+
+def test_large_bodies_key_by_content_in_any_form() -> None:
+    values = [(i % 977) / 8 for i in range(300_000)]  # ~2.5 MB of JSON
+    shape = [600, 500]
+    flat = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": values}]})
+    nested = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": _nested(values, shape)}]}
+    )
+    scope = KeyScope("m", "1", "w")
+    assert key_from_json_body(flat, scope) == key_from_json_body(nested, scope)
+    changed = values.copy()
+    changed[-1] += 1
+    other = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": changed}]})
+    assert key_from_json_body(other, scope) != key_from_json_body(flat, scope)
 
 
 CHANGES = {
-    "data": lambda r: r["inputs"][0].update(data=[1.0, 2.5]),
-    "shape": lambda r: r["inputs"][0].update(shape=[2, 1]),
+    "data": lambda r: r["inputs"][0].update(data=[1.0, 2.0, 3.5, -4.5]),
+    "bytes data": lambda r: r["inputs"][1].update(data=["a", "bc"]),
+    "shape": lambda r: r["inputs"][0].update(shape=[4, 1]),
     "datatype": lambda r: r["inputs"][0].update(datatype="FP64"),
     "name": lambda r: r["inputs"][0].update(name="z"),
+    "input parameters": lambda r: r["inputs"][0].update(parameters={"scale": 2}),
     "outputs": lambda r: r.update(outputs=[{"name": "w"}]),
+    "all outputs": lambda r: r.pop("outputs"),
+    "output parameters": lambda r: r.update(outputs=[{"name": "y", "parameters": {"classification": 2}}]),
     "parameters": lambda r: r.update(parameters={"temperature": 2}),
+}
+ENCODING_ONLY = {
+    "binary output": lambda r: r.update(parameters={**r["parameters"], "binary_data_output": True}),
+    "binary output tensor": lambda r: r.update(outputs=[{"name": "y", "parameters": {"binary_data": True}}]),
+    "binary input size": lambda r: r["inputs"][0].update(parameters={"binary_data_size": 16}),
 }
 
 
 @given(st.sampled_from(sorted(CHANGES)))
-def test_any_bound_field_changes_the_key(field: str) -> None:
-    import copy
-
+def test_any_answer_changing_field_changes_the_key(field: str) -> None:
     changed = copy.deepcopy(BASE)
     CHANGES[field](changed)
-    assert _key(request=changed) != _key()
+    assert _key(changed) != _key()
+
+
+@given(st.sampled_from(sorted(ENCODING_ONLY)))
+def test_encoding_choices_do_not_change_the_key(field: str) -> None:
+    changed = copy.deepcopy(BASE)
+    ENCODING_ONLY[field](changed)
+    assert _key(changed) == _key()
+
+
+@given(st.sampled_from(["model", "version", "weights", "namespace"]), st.text(min_size=1, max_size=8))
+def test_scope_changes_the_key(field: str, value: str) -> None:
+    scope = {"model": "m", "version": "1", "weights": "w0", "namespace": ""}
+    if scope[field] != value:
+        assert _key(**{**scope, field: value}) != _key(**scope)
 
 
 @given(st.text(max_size=8), st.text(max_size=8), st.text(max_size=8), st.text(max_size=8))
 def test_fields_cannot_collide_by_shifting_bytes(a: str, b: str, c: str, d: str) -> None:
+    """Same model, so the readable prefix is equal: only the framing keeps these apart."""
     if (a, b) != (c, d):
-        assert _key(model=a, version=b) != _key(model=c, version=d)
-        assert _key(model=a, namespace=b) != _key(model=c, namespace=d)
+        assert _key(version=a, weights=b) != _key(version=c, weights=d)
+        assert _key(namespace=a, version=b) != _key(namespace=c, version=d)
 
 
-def test_key_keeps_the_model_readable() -> None:
-    assert _key(model="mlp-00").startswith("affinity:v1:mlp-00:")
+def test_shifted_fields_are_told_apart_by_the_framing() -> None:
+    assert _key(version="1", weights="2ab") != _key(version="12", weights="ab")
+    two = {"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [1]}]}
+    assert _key(two, weights="") != _key(two, version="", weights="1")
+
+
+def test_the_key_keeps_the_model_readable_and_tags_its_digest() -> None:
+    key = _key(model="mlp-00")
+    assert key.startswith("affinity:v2:mlp-00:{") and key.endswith("}")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"inputs": []}, "non-empty"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0]}]}, "shape needs 2"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["1"]}]}, "does not match"),
+        ({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}]}, "out of range"),
+        ({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}]}, "does not match"),
+        ({"inputs": [{"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}]}, "does not match"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1.0], 2.0]}]}, "ragged"),
+        ({"inputs": [{"name": "x", "datatype": "NOPE", "shape": [1], "data": [1]}]}, "datatype"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": []}]}, "shape"),
+    ],
+)
+def test_malformed_requests_are_refused_while_keying(bad: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        json_key_request(bad)
 
 
 class Blob:
@@ -111,3 +215,49 @@ def test_breaker_opens_then_probes_then_closes() -> None:
 def test_cached_answer_round_trip() -> None:
     answer = CachedAnswer(b'{"outputs":[]}', "127.0.0.1:8100")
     assert CachedAnswer.from_bytes(answer.to_bytes()) == answer
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"outputs":[]}',  # not this format at all
+        b"AF2\n" + b'["w:1","application/json",0]',  # no body
+        b"AF2\n" + b'["w:1\\r\\nSet-Cookie: x=1","application/json",0]\n{"outputs":[]}',  # header injection
+        b"AF2\n" + b'["w:1","text/html",0]\n{"outputs":[]}',  # a content type we never store
+        b"AF2\n" + b'["w:1","application/json",0]\n<script>',  # a body that is not a JSON object
+        b"AF2\n" + b'["w:1","application/json"]\n{"outputs":[]}',  # a header that does not parse
+        b"AF2\n" + b"not json\n{}",
+    ],
+)
+def test_a_hostile_or_corrupted_entry_is_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidEntry):
+        CachedAnswer.from_bytes(raw)
+
+
+def test_an_entry_keeps_its_expiry_across_processes() -> None:
+    import time
+
+    answer = CachedAnswer(b'{"outputs":[]}', "w:1", expires=time.monotonic() + 100)
+    back = CachedAnswer.from_bytes(answer.to_bytes())
+    assert abs(back.expires - answer.expires) < 1
+    expired = CachedAnswer(b'{"outputs":[]}', "w:1", expires=time.monotonic() - 1)
+    assert CachedAnswer.from_bytes(expired.to_bytes()).expired(time.monotonic())
+
+
+def test_key_memo_remembers_bodies_without_ids() -> None:
+    memo = KeyMemo(max_entries=3, inline_body=100)
+    scope, other_version = KeyScope("m", "1", "w"), KeyScope("m", "2", "w")
+    assert memo.eligible(b'{"inputs":[]}')
+    assert not memo.eligible(b'{"id":"x","inputs":[]}')
+    memo.put(scope, memo.ref(b"a"), "k1")
+    assert memo.get(scope, memo.ref(b"a")) == "k1"
+    assert memo.get(other_version, memo.ref(b"a")) is None, "the scope is part of the memo key"
+    big, other = b"x" * 1000, b"x" * 999 + b"y"
+    assert len(memo.ref(big)) <= 100, "large bodies are remembered by a digest, not kept whole"
+    memo.put(scope, memo.ref(big), "k-big")
+    assert memo.get(scope, memo.ref(big)) == "k-big"
+    assert memo.get(scope, memo.ref(other)) is None, "large bodies are told apart by their digest"
+    for body in (b"b", b"c", b"d"):
+        memo.put(scope, memo.ref(body), body.decode())
+    remembered = [memo.get(scope, memo.ref(b)) for b in (b"a", big, b"b", b"c", b"d")]
+    assert sum(r is not None for r in remembered) <= 3, "a bound, not a policy"

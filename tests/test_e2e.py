@@ -135,7 +135,7 @@ def test_redis_layer_is_shared_between_balancers(
         first = infer(a, model, infer_body(inputs, "via-a"))
         assert first.status == 200 and first.headers["x-cache"] == "miss"
         wait_until(lambda: client.dbsize() > keys_before)
-        ttl = client.ttl(next(iter(client.scan_iter(f"affinity:v1:{model}:*"))))
+        ttl = client.ttl(next(iter(client.scan_iter(f"affinity:v2:{model}:*"))))
         assert 0 < ttl <= 3600
     ran = executions(workers, model)
     second = infer(b, model, infer_body(inputs, "via-a"))

@@ -11,7 +11,6 @@ import pytest
 
 from balancer.errors import UpstreamError
 from balancer.http_client import HttpClient
-from cache.keys import KeyMemo
 from common.http_router import Router
 from common.http_server import HttpServer, Request, Response
 from common.rest import render_error
@@ -285,20 +284,3 @@ def test_client_failures_are_typed() -> None:
         return kinds
 
     assert run(main) == ["connect", "timeout", "reset"]
-
-
-def test_key_memo_remembers_bodies_without_ids() -> None:
-    memo = KeyMemo(max_entries=3, inline_body=100)
-    assert memo.eligible(b'{"inputs":[]}')
-    assert not memo.eligible(b'{"id":"x","inputs":[]}')
-    memo.put("m", "1", b"a", "k1")
-    assert memo.get("m", "1", b"a") == "k1"
-    assert memo.get("m", "2", b"a") is None, "the version is part of the memo key"
-    big, other = b"x" * 1000, b"x" * 999 + b"y"
-    memo.put("m", "1", big, "k-big")
-    assert memo.get("m", "1", big) == "k-big"
-    assert memo.get("m", "1", other) is None, "large bodies are told apart by their digest"
-    assert all(len(ref) <= 100 for _, _, ref in memo._keys), "large bodies are not kept whole"
-    memo.put("m", "1", b"b", "k2")
-    memo.put("m", "1", b"c", "k3")
-    assert len(memo._keys) <= 3

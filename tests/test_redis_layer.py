@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 from cache.breaker import CircuitBreaker
-from cache.entry import CachedAnswer
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from tests.harness import RedisServer
@@ -16,12 +15,12 @@ def test_store_and_fetch_through_two_caches(redis_server: RedisServer) -> None:
     async def main() -> None:
         a = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
         b = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
-        answer = CachedAnswer(b'{"outputs":[1]}', "w:1")
-        assert a.put("affinity:v1:test:1", answer)
+        assert a.put("affinity:v2:test:{1}", b'{"outputs":[1]}', "w:1")
         await a.close()  # waits for the background store
-        assert b.get_local("affinity:v1:test:1") is None
-        assert await b.get_remote("affinity:v1:test:1") == answer
-        assert b.get_local("affinity:v1:test:1") == answer, "a Redis hit is copied into the local layer"
+        assert b.get_local("affinity:v2:test:{1}") is None
+        found = await b.get_remote("affinity:v2:test:{1}")
+        assert found is not None and (found.body, found.served_by) == (b'{"outputs":[1]}', "w:1")
+        assert b.get_local("affinity:v2:test:{1}") == found, "a Redis hit is copied into the local layer"
         await b.close()
 
     asyncio.run(main())
@@ -30,7 +29,7 @@ def test_store_and_fetch_through_two_caches(redis_server: RedisServer) -> None:
 def test_oversized_entries_are_not_stored() -> None:
     async def main() -> None:
         cache = ResponseCache(1 << 20, max_entry=10)
-        assert not cache.put("k", CachedAnswer(b"x" * 11, "w:1"))
+        assert not cache.put("k", b"x" * 11, "w:1")
         assert cache.get_local("k") is None
 
     asyncio.run(main())

@@ -70,8 +70,8 @@ class WorkerHandlers:
         match = request.match
         return json_response(self.service.model_config(match["name"], match.get("version")))
 
-    def repository_index(self, request: Request) -> Response:
-        rows = self.service.repository_index(query_flag(request.body, "ready"))
+    async def repository_index(self, request: Request) -> Response:
+        rows = await self.service.repository_index(query_flag(request.body, "ready"))
         return json_response([row.to_json() for row in rows])
 
     def metrics(self, request: Request) -> Response:

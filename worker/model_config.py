@@ -8,6 +8,7 @@
       "max_batch_size": 64,               # 0: no batch dimension
       "deterministic": true,              # same input, same answer: cacheable
       "cache": true,                      # per-model opt-out of the response cache
+      "cache_ttl": 600,                   # seconds an answer stays cached (default: the balancer's)
       "warmup": true                      # run one synthetic inference after loading
     }
 
@@ -36,6 +37,7 @@ class ModelConfig:
     max_batch_size: int = 0
     deterministic: bool = True
     cache: bool = True
+    cache_ttl: float | None = None
     warmup: bool = True
 
     def to_json(self) -> dict[str, Any]:
@@ -47,6 +49,7 @@ class ModelConfig:
             "max_batch_size": self.max_batch_size,
             "deterministic": self.deterministic,
             "cache": self.cache,
+            **({"cache_ttl": self.cache_ttl} if self.cache_ttl is not None else {}),
             "warmup": self.warmup,
         }
 
@@ -63,12 +66,15 @@ class ModelConfig:
                 max_batch_size=int(raw.get("max_batch_size", 0)),
                 deterministic=bool(raw.get("deterministic", True)),
                 cache=bool(raw.get("cache", True)),
+                cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
                 warmup=bool(raw.get("warmup", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None
         if not config.inputs or not config.outputs:
             raise InvalidModelConfig("config.json needs at least one input and one output")
+        if config.cache_ttl is not None and not config.cache_ttl > 0:
+            raise InvalidModelConfig("cache_ttl must be a positive number of seconds")
         if config.max_batch_size < 0:
             raise InvalidModelConfig("max_batch_size cannot be negative")
         if config.max_batch_size > 0:

@@ -1,19 +1,23 @@
 """The model repository on disk: ``<root>/<name>/<version>/`` with
 ``model.safetensors`` and ``config.json``.
 
-The root is a read-only source. Scanning reads only directory listings and
-config files (no weights, no torch); names and versions that break the
-allow-list rule are skipped, so no request can name a path outside the root.
+The root is a read-only source. Scanning reads directory listings and config
+files (no torch), and the sha256 of each version's weights file, which names
+the weights in cache keys; digests are kept by (size, mtime), so a rescan
+hashes only files that changed. Scanning blocks: callers run it off the event
+loop. Names and versions that break the allow-list rule are skipped, so no
+request can name a path outside the root.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import NotFound
+from protocol.errors import ModelNotFound, VersionNotFound
 from protocol.names import is_valid_name, is_valid_version
 from worker.errors import InvalidModelConfig
 from worker.model_config import ModelConfig
@@ -32,6 +36,7 @@ class ModelVersion:
     config: ModelConfig | None  # None when config.json is unusable
     problem: str = ""  # why the version cannot be served, when it cannot
     size_bytes: int = 0
+    sha256: str = ""  # of the weights file
 
     @property
     def key(self) -> tuple[str, str]:
@@ -43,6 +48,7 @@ class Repository:
         self.root = root
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._latest: dict[str, ModelVersion] = {}
+        self._digests: dict[Path, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha256)
 
     def scan(self) -> None:
         """Re-read the root; the new view replaces the old one whole."""
@@ -68,13 +74,26 @@ class Repository:
     def _read_version(self, name: str, version: str, path: Path) -> ModelVersion:
         try:
             config = ModelConfig.from_bytes((path / CONFIG_FILE).read_bytes())
-            size = (path / WEIGHTS_FILE).stat().st_size
+            weights = path / WEIGHTS_FILE
+            stat = weights.stat()
+            digest = self._digest(weights, stat.st_size, stat.st_mtime_ns)
         except FileNotFoundError as exc:
             missing = Path(exc.filename or "").name or "a file"
             return ModelVersion(name, version, path, None, f"{missing} is missing")
         except InvalidModelConfig as exc:
             return ModelVersion(name, version, path, None, str(exc))
-        return ModelVersion(name, version, path, config, "", size)
+        except OSError:
+            return ModelVersion(name, version, path, None, "the model's files cannot be read")
+        return ModelVersion(name, version, path, config, "", stat.st_size, digest)
+
+    def _digest(self, path: Path, size: int, mtime_ns: int) -> str:
+        known = self._digests.get(path)
+        if known is not None and known[:2] == (size, mtime_ns):
+            return known[2]
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        self._digests[path] = (size, mtime_ns, digest)
+        return digest
 
     def has(self, name: str) -> bool:
         return name in self._models
@@ -87,14 +106,14 @@ class Repository:
         if version is None:
             latest = self._latest.get(name)
             if latest is None:
-                raise NotFound(f"unknown model '{name}'")
+                raise ModelNotFound(name)
             return latest
         versions = self._models.get(name)
         if not versions:
-            raise NotFound(f"unknown model '{name}'")
+            raise ModelNotFound(name)
         found = versions.get(version)
         if found is None:
-            raise NotFound(f"unknown version '{version}' of model '{name}'")
+            raise VersionNotFound(name, version)
         return found
 
     def all_versions(self) -> list[ModelVersion]:

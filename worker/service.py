@@ -128,8 +128,8 @@ class WorkerService:
         entry = self.resolve(name, version)
         return triton_model_config(entry.name, _usable(entry))
 
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
-        self.repository.scan()
+    async def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        await asyncio.get_running_loop().run_in_executor(None, self.repository.scan)
         rows = []
         for entry in self.repository.all_versions():
             status, reason = self.registry.state(entry)
@@ -145,6 +145,8 @@ class WorkerService:
                     deterministic=config.deterministic if config else True,
                     cacheable=config.cache if config else True,
                     resident=self.registry.resident(entry) is not None,
+                    sha256=entry.sha256,
+                    cache_ttl=config.cache_ttl if config else None,
                 )
             )
         return rows

@@ -1,0 +1,72 @@
+"""Raw tensor bytes without numpy: the balancer's packing agrees with numpy's, for
+every V2 datatype, so JSON, binary and gRPC requests meet on the same bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.datatypes import NUMPY_DTYPES
+from protocol.errors import BadRequest
+from protocol.packing import flatten, pack, unpack, unpack_bytes_elements
+
+INTEGERS = {t: np.iinfo(NUMPY_DTYPES[t]) for t in NUMPY_DTYPES if NUMPY_DTYPES[t].kind in "iu"}
+
+
+def _values(datatype: str) -> st.SearchStrategy[list[Any]]:
+    if datatype in INTEGERS:
+        info = INTEGERS[datatype]
+        return st.lists(st.integers(int(info.min), int(info.max)), max_size=32)
+    if datatype == "BOOL":
+        return st.lists(st.booleans(), max_size=32)
+    if datatype == "BYTES":
+        return st.lists(st.text(max_size=12), max_size=16)
+    width = {"FP16": 16, "FP32": 32, "FP64": 64}[datatype]
+    return st.lists(st.floats(allow_nan=False, width=width), max_size=32)
+
+
+@pytest.mark.parametrize("datatype", sorted(NUMPY_DTYPES))
+@given(data=st.data())
+def test_packing_matches_numpy_little_endian_bytes(datatype: str, data: st.DataObject) -> None:
+    values = data.draw(_values(datatype))
+    packed = pack(datatype, values, "x")
+    if datatype == "BYTES":
+        assert unpack_bytes_elements(packed, "x") == [v.encode() for v in values]
+        return
+    expected = np.asarray(values, dtype=NUMPY_DTYPES[datatype]).astype(NUMPY_DTYPES[datatype].newbyteorder("<"))
+    assert packed == expected.tobytes()
+    back = unpack(datatype, packed, "x")
+    np.testing.assert_array_equal(np.asarray(back, dtype=NUMPY_DTYPES[datatype]), expected)
+
+
+def test_fp16_past_its_range_is_infinity_as_numpy_casts_it() -> None:
+    assert pack("FP16", [70000.0, -1e6], "x") == np.asarray([np.inf, -np.inf], np.float16).tobytes()
+
+
+def test_flatten_is_row_major_and_refuses_ragged_data() -> None:
+    assert flatten([[1, 2], [3, 4]], "x") == [1, 2, 3, 4]
+    assert flatten([], "x") == []
+    with pytest.raises(BadRequest, match="ragged"):
+        flatten([[1], 2], "x")
+    with pytest.raises(BadRequest, match="ragged"):
+        flatten([[1, 2], [3]], "x")
+    with pytest.raises(BadRequest, match="does not match"):
+        pack("FP32", flatten([1, [2]], "x"), "x")
+    deep: list[Any] = [1]
+    for _ in range(20):
+        deep = [deep]
+    with pytest.raises(BadRequest, match="deeply"):
+        flatten(deep, "x")
+
+
+def test_lying_bytes_lengths_are_refused() -> None:
+    with pytest.raises(BadRequest, match="runs past"):
+        unpack_bytes_elements(b"\x05\x00\x00\x00ab", "x")
+    with pytest.raises(BadRequest, match="inside"):
+        unpack_bytes_elements(b"\x01\x00", "x")
+    with pytest.raises(BadRequest, match="whole number"):
+        unpack("FP32", b"\x00" * 6, "x")
