@@ -23,6 +23,7 @@ from balancer.policy import make_policy
 from balancer.router import Router
 from balancer.service import BalancerService
 from balancer.transport import Transport
+from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from common.http_server import HttpServer
@@ -44,7 +45,10 @@ class Balancer:
         members = Members()
         index = ModelIndex(members, self.transport)
         metrics = BalancerMetrics(lambda name: name in index.models, members.inflight)
-        remote = RedisStore(config.redis_url) if config.redis_url else None
+        remote = None
+        if config.redis_url:
+            breaker = CircuitBreaker(cooldown=config.redis_breaker_cooldown)
+            remote = RedisStore(config.redis_url, config.redis_timeout, breaker)
         policy = make_policy(config.policy, config.balance_factor)
         self.service = BalancerService(
             config=config,

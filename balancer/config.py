@@ -35,6 +35,8 @@ class BalancerConfig:
     cache_ttl: float = 3600
     cache_max_entry: int = 1 << 20
     cache_lock_timeout: float = 5.0  # longest wait for another balancer computing the same answer
+    redis_timeout: float = 0.1  # per Redis call
+    redis_breaker_cooldown: float = 30.0  # seconds the breaker stays open before probing Redis again
     max_body_size: int = 64 << 20
     connect_timeout: float = 1.0
     try_timeout: float = 60.0
@@ -61,5 +63,5 @@ class BalancerConfig:
             raise ValueError("drain delay cannot be negative")
         if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
             raise ValueError(f"redis URL must start with one of {', '.join(REDIS_SCHEMES)}")
-        if self.cache_lock_timeout <= 0:
-            raise ValueError("the cache lock timeout must be positive")
+        if self.cache_lock_timeout <= 0 or self.redis_timeout <= 0 or self.redis_breaker_cooldown <= 0:
+            raise ValueError("the cache lock timeout, Redis timeout and breaker cooldown must be positive")

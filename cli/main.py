@@ -48,6 +48,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
         default=5.0,
     )
     f.add("--cache-max-entry", "largest answer stored", type=size, default="1MiB")
+    f.add("--redis-timeout", "seconds for one Redis call (a slower one is a miss)", type=float, default=0.1)
+    f.add("--redis-breaker-cooldown", "seconds Redis is left alone after repeated failures", type=float, default=30.0)
     f.add("--max-body-size", "largest request body", type=size, default="64MiB")
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)
     f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)

@@ -29,20 +29,24 @@ Key = tuple[str, str]
 
 class ModelRegistry:
     def __init__(self, metrics: WorkerMetrics, max_loads: int = 1) -> None:
-        self._resident: dict[Key, LoadedModel] = {}
+        self._resident: dict[Key, tuple[str, LoadedModel]] = {}  # (weights sha256, model)
         self._failed: dict[Key, str] = {}
         self._loads: SingleFlight[LoadedModel] = SingleFlight()
         self._pool = ThreadPoolExecutor(max_workers=max_loads, thread_name_prefix="load")
         self._metrics = metrics
 
     def resident(self, entry: ModelVersion) -> LoadedModel | None:
-        return self._resident.get(entry.key)
+        """The loaded model of this version, unless its weights changed on disk since."""
+        found = self._resident.get(entry.key)
+        if found is None or found[0] != entry.sha256:
+            return None
+        return found[1]
 
     def state(self, entry: ModelVersion) -> tuple[str, str]:
         """Triton-style state and reason for the repository index."""
         if entry.config is None:
             return "UNAVAILABLE", entry.problem
-        if entry.key in self._loads:
+        if (*entry.key, entry.sha256) in self._loads:
             return "LOADING", ""
         if entry.key in self._failed:
             return "UNAVAILABLE", self._failed[entry.key]
@@ -50,10 +54,10 @@ class ModelRegistry:
 
     async def acquire(self, entry: ModelVersion) -> tuple[LoadedModel, str]:
         """The resident model and where it was when asked ("cpu" or "disk")."""
-        model = self._resident.get(entry.key)
+        model = self.resident(entry)
         if model is not None:
             return model, "cpu"
-        model, _ = await self._loads.do(entry.key, self._load(entry))
+        model, _ = await self._loads.do((*entry.key, entry.sha256), self._load(entry))
         return model, "disk"
 
     async def _load(self, entry: ModelVersion) -> LoadedModel:
@@ -72,7 +76,7 @@ class ModelRegistry:
             raise ModelUnavailable(reason) from exc
         elapsed = time.perf_counter() - started
         self._failed.pop(entry.key, None)
-        self._resident[entry.key] = model
+        self._resident[entry.key] = (entry.sha256, model)
         self._metrics.model_loaded(entry.name, elapsed)
         log.info("loaded model %s version %s in %.3fs", entry.name, entry.version, elapsed)
         return model
