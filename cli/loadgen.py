@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--repeat", "probability that a request repeats an earlier payload (cache hits)", type=float, default=0.0)
     f.add("--payload-size", "tensor bytes per request, via batch rows within max_batch_size (0: one row)",
           type=size, default="0")  # fmt: skip
-    f.add("--seed", "random seed (arrivals, models, payloads)", type=int, default=0)
+    f.add("--seed", "random seed for arrivals, models, payloads (default: a fresh one, in the report)", type=int)
     f.add("--processes", "generator processes (rate, concurrency and cap are split)", type=int, default=1)
     f.add("--timeout", "seconds for one request", type=float, default=30.0)
     f.add("--out", "directory for report.json and the plots", type=Path, default=Path("results/loadgen"))
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         models=args.models or (),
         repeat=args.repeat,
         payload_size=args.payload_size,
-        seed=args.seed,
         processes=args.processes,
         timeout=args.timeout,
         out=args.out,
+        **({} if args.seed is None else {"seed": args.seed}),
     )
     from loadgen.target import TargetError
 

@@ -35,7 +35,10 @@ def compare(paths: Sequence[Path], out: Path | None, console: Console) -> list[R
         file = report_path(path)
         if not file.is_file():
             raise ValueError(f"no report at {file}")
-        reports.append(Report.read(file))
+        try:
+            reports.append(Report.read(file))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{file} is not a loadgen report ({type(exc).__name__}: {exc})") from None
     labels = labels_for(paths)
     console.print(summary_table(labels, reports, "affinity loadgen compare"))
     if out is not None:

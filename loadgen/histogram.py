@@ -47,15 +47,16 @@ class LatencyHistogram:
     def add(self, other: LatencyHistogram) -> None:
         self.hdr.add(other.hdr)
 
-    def cdf(self, points: int = 200) -> list[tuple[float, float]]:
-        """(seconds, fraction at or below) pairs, the tail drawn finely:
-        percentiles spaced evenly in log(1 / (1 - p)), up to 99.999 and the max."""
+    def cdf(self, tail_points: int = 20) -> list[tuple[float, float]]:
+        """(seconds, fraction at or below) pairs: every percentile 0..99, then
+        the tail finely (``tail_points`` per decade of 1 - p, down to 99.999),
+        then the max."""
         if not self.count:
             return []
-        out: list[tuple[float, float]] = []
-        for i in range(points):
-            fraction = 1.0 - 10 ** (-5.0 * i / (points - 1))
-            out.append((self.percentile(100.0 * fraction), fraction))
+        fractions = [i / 100 for i in range(100)]
+        decades = 3  # 99 -> 99.999
+        fractions += [1.0 - 10 ** (-2.0 - k / tail_points) for k in range(1, decades * tail_points + 1)]
+        out = [(self.percentile(100.0 * f), f) for f in fractions]
         out.append((self.max(), 1.0))
         return out
 

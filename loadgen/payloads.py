@@ -157,8 +157,8 @@ class PayloadSource:
     ) -> None:
         self.picker = picker
         self.repeat = repeat
-        self._rng = random.Random(seed ^ 0x5EED)
-        data_rng = np.random.default_rng(seed)
+        self._rng = random.Random(f"repeats-{seed}")
+        data_rng = np.random.default_rng([seed, 2])
         self.models: list[ModelPayloads] = []
         for spec in specs:
             rows = batch_rows(spec, payload_size)

@@ -9,15 +9,25 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from loadgen.report import Report
 
 DPI = 110
 
 
+def _plain_numbers(ax: Axes, axis: str) -> None:
+    """Log-scale ticks as 2, 5, 20 rather than 2x10^0."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    target.set_major_formatter(plain)
+    target.set_minor_formatter(plain)
+
+
 def _cdf_axes(fig: Figure, title: str) -> Axes:
     ax: Axes = fig.subplots()
     ax.set_xscale("log")
+    _plain_numbers(ax, "x")
     ax.set_xlabel("latency from scheduled send (ms, log scale)")
     ax.set_ylabel("fraction of requests at or below")
     ax.set_ylim(0, 1.01)
@@ -47,8 +57,9 @@ def plot_over_time(report: Report, path: Path) -> Path:
         top.plot(seconds, [getattr(row, attr) for row in report.series], marker=".", label=label)
     top.set_ylabel("latency (ms), by scheduled second")
     top.set_yscale("log")
-    top.grid(True, alpha=0.3)
-    top.legend(loc="upper left")
+    _plain_numbers(top, "y")
+    top.grid(True, which="both", alpha=0.3)
+    top.legend(loc="best")
     top.set_title(f"Over time: {_label(report)}")
     for attr, label in (
         ("offered", "offered"),
@@ -60,7 +71,7 @@ def plot_over_time(report: Report, path: Path) -> Path:
     bottom.set_ylabel("requests per second")
     bottom.set_xlabel("second of the measured window")
     bottom.grid(True, alpha=0.3)
-    bottom.legend(loc="upper left")
+    bottom.legend(loc="best")
     fig.savefig(path)
     return path
 
@@ -73,6 +84,7 @@ def plot_sweep(offered: Sequence[float], reports: Sequence[Report], knee: float 
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("latency (ms, log scale)")
     ax.set_yscale("log")
+    _plain_numbers(ax, "y")
     ax.grid(True, which="both", alpha=0.3)
     right = ax.twinx()
     right.plot(offered, [r.achieved_rps for r in reports], color="black", linestyle="--", marker="x", label="achieved")

@@ -47,8 +47,8 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 def prepare(config: LoadConfig, target: Target) -> tuple[InferClient, PayloadSource]:
     client = make_client(config.protocol, target.url, config.connections, config.timeout)
     picker = ModelPicker(
-        [m.name for m in target.models], Popularity.parse(config.popularity), random.Random(config.seed)
-    )
+        [m.name for m in target.models], Popularity.parse(config.popularity), random.Random(f"models-{config.seed}")
+    )  # a stream apart from the arrivals' (seeded with the bare seed): gaps and models stay independent
     source = PayloadSource(target.models, picker, client.template, config.payload_size, config.repeat, config.seed)
     return client, source
 

@@ -32,7 +32,7 @@ class ProgressView:
         self.title = title
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TextColumn("{task.completed:5.1f}/{task.total:.0f}s"),
             TextColumn("{task.fields[live]}"),
             console=console or Console(stderr=True),

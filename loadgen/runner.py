@@ -6,7 +6,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loadgen.clients import check_protocol
 from loadgen.config import LoadConfig
 from loadgen.plots import plot_cdf, plot_over_time
 from loadgen.processes import run_async, run_here, run_processes
@@ -20,7 +19,6 @@ TIME_PLOT = "over_time.png"
 
 
 def find_target(config: LoadConfig) -> Target:
-    check_protocol(config.protocol)  # fail at start-up, before any traffic
     return run_async(discover(config.url, config.models))
 
 

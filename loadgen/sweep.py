@@ -65,9 +65,10 @@ def run_sweep(config: LoadConfig, rates: Sequence[float], console: Console) -> t
         raise ValueError("--sweep varies the open-loop rate: leave out --concurrency")
     target = find_target(config)
     reports: list[Report] = []
-    for rate in rates:
+    for i, rate in enumerate(rates):
         out = None if config.out is None else config.out / f"rate-{rate:g}"
-        one = dataclasses.replace(config, rate=rate, out=out)
+        # bodies of their own at each rate: a point must not hit the cache on an earlier point's answers
+        one = dataclasses.replace(config, rate=rate, out=out, seed=config.derived_seed(i))
         report, _ = run_once(one, target, title=f"{rate:g}/s")
         reports.append(report)
     knee = find_knee(rates, [r.achieved_rps for r in reports], [r.latency_ms.p99 for r in reports])

@@ -291,8 +291,10 @@ def test_histogram_clamps_and_round_trips() -> None:
     assert again.count == 4 and again.percentile(75) == hist.percentile(75)
     assert LatencyHistogram.decode("").count == 0
     cdf = hist.cdf(10)
+    assert len(cdf) == 100 + 30 + 1
     assert cdf[0][1] == 0.0 and cdf[-1] == (hist.max(), 1.0)
     assert [f for _, f in cdf] == sorted(f for _, f in cdf)
+    assert [v for v, _ in cdf] == sorted(v for v, _ in cdf)
 
 
 def test_snapshots_combine() -> None:
@@ -336,9 +338,11 @@ def test_config_refuses_nonsense() -> None:
         {"url": "localhost:8000"},
         {"max_outstanding": 0},
         {"concurrency": 2, "processes": 3},
+        {"url": "grpc://127.0.0.1:8001"},  # a gRPC address for a REST protocol
+        {"protocol": "grpc"},  # and the other way round
     ):
         with pytest.raises(ValueError):
-            LoadConfig(**bad)  # type: ignore[arg-type]
+            LoadConfig(**bad)
     assert LoadConfig(rate=0, concurrency=4).closed_loop
 
 
@@ -349,3 +353,10 @@ def test_planned_protocols_fail_clearly() -> None:
             check_protocol(name)
     with pytest.raises(ValueError, match="unknown protocol"):
         check_protocol("soap")
+
+
+def test_seeds_are_fresh_unless_given() -> None:
+    assert LoadConfig().seed != LoadConfig().seed  # drawn per run: unique bodies across runs too
+    config = LoadConfig(seed=9)
+    assert config.seed == 9
+    assert len({config.derived_seed(i) for i in range(100)} | {config.seed}) == 101

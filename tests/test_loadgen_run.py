@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -81,8 +82,8 @@ def count_at_least(hist: LatencyHistogram, seconds: float) -> int:
     )
 
 
-def run(main: object) -> RunStats:
-    return asyncio.run(asyncio.wait_for(main, 60))  # type: ignore[arg-type]
+def run(main: Coroutine[Any, Any, RunStats]) -> RunStats:
+    return asyncio.run(asyncio.wait_for(main, 60))
 
 
 def assert_counts_add_up(stats: RunStats) -> None:
@@ -159,7 +160,9 @@ def test_discovery_reads_models_inputs_and_batch_limits(balancer: Server) -> Non
     assert [(i.name, i.datatype, i.shape[0]) for i in mlp.inputs] == [("input", "FP32", -1)]
 
 
-def test_a_run_against_the_cluster_writes_a_report_and_plots(balancer: Server, workers: list[Server], tmp_path: Path):
+def test_a_run_against_the_cluster_writes_a_report_and_plots(
+    balancer: Server, workers: list[Server], tmp_path: Path
+) -> None:
     config = LoadConfig(
         url=balancer.url,
         rate=60.0,
@@ -243,6 +246,7 @@ def test_cli_sweep_then_compare(balancer: Server, tmp_path: Path) -> None:
 
 def test_cli_refuses_protocols_not_available_yet() -> None:
     for protocol in ("rest-binary", "grpc"):
-        done = cli("--protocol", protocol, "--url", f"http://127.0.0.1:{free_port()}")
+        scheme = "grpc" if protocol == "grpc" else "http"
+        done = cli("--protocol", protocol, "--url", f"{scheme}://127.0.0.1:{free_port()}")
         assert done.returncode == 2
         assert "not available yet" in done.stderr
