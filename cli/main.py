@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli import loadgen as loadgen_cli
 from cli.flags import Flags, config_from, size
 from common import __version__
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_parser(sub)
     _models_parser(sub)
     _bench_parser(sub)
+    loadgen_cli.add_parser(sub)
     return parser
 
 
