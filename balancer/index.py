@@ -81,8 +81,8 @@ class ModelIndex:
 
     async def _refresh(self) -> None:
         self._last_refresh = time.monotonic()
-        members = list(self._members.urls.items())
-        results = await asyncio.gather(*(self._fetch(w, base) for w, base in members))
+        members = list(self._members.addresses.items())
+        results = await asyncio.gather(*(self._fetch(w, address.http) for w, address in members))
         answered = [r for r in results if r is not None]
         if not answered:
             if members:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from balancer.errors import UpstreamError
 from balancer.members import Members
@@ -22,6 +23,10 @@ from protocol.errors import UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset((502, 503, 504))
+
+
+# One try at the worker with this id; raises UpstreamError when it fails before answering.
+Attempt = Callable[[str], Awaitable[UpstreamResponse]]
 
 
 class Router:
@@ -42,7 +47,14 @@ class Router:
     async def send(
         self, model: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
     ) -> tuple[UpstreamResponse, str]:
-        """The answer and the id of the worker that gave it."""
+        """One REST exchange for ``model``: the answer and the id of the worker that gave it."""
+        transport, addresses = self.transport, self.members.addresses
+        return await self.call(model, lambda w: transport.send(addresses[w].http, method, path, body, content_type))
+
+    async def call(self, model: str, attempt: Attempt) -> tuple[UpstreamResponse, str]:
+        """Try ``attempt`` on the worker the policy picks for ``model``, then on the next
+        candidates while tries fail; the answer and the id of the worker that gave it.
+        Transport-free: REST and gRPC fronts pass their own ``attempt``."""
         members = self.members
         candidates = members.preference_list(model)
         worker = self.policy.choose(model, candidates, members.inflight)
@@ -53,7 +65,7 @@ class Router:
             members.begin(worker)
             started = time.perf_counter()
             try:
-                resp = await self.transport.send(members.urls[worker], method, path, body, content_type)
+                resp = await attempt(worker)
                 failure = f"status {resp.status}" if resp.status in RETRYABLE_STATUS else ""
             except UpstreamError as exc:
                 resp, failure = None, exc.kind
@@ -66,7 +78,7 @@ class Router:
             if resp is not None:
                 last = resp
             tried.append(worker)
-            remaining = [c for c in candidates if c not in tried and c in members.urls]
+            remaining = [c for c in candidates if c not in tried and c in members]
             if len(tried) > self.max_retries or not remaining:
                 # Per request, so DEBUG: a down worker must not turn into a log line per request.
                 log.debug("model %s: no worker answered after %d tries (last: %s)", model, len(tried), failure)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balancer.config import worker_url
-from balancer.members import Members
+from balancer.members import Members, WorkerAddress
 from balancer.policy import BoundedLoadPolicy, ConsistentPolicy
 from balancer.ring import HashRing
 
@@ -69,17 +69,19 @@ def test_bounded_load_keeps_affinity_when_balanced_and_spills_along_the_ring() -
 
 
 def test_members_apply_changes_as_diffs() -> None:
-    members = Members({"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"})
-    assert set(members.urls) == {"a", "b"}
+    a, b, c = (WorkerAddress(f"http://127.0.0.1:{port}") for port in (1, 2, 3))
+    members = Members({"a": a, "b": b})
+    assert set(members.addresses) == {"a", "b"}
     owners = {m: members.ring.preference_list(m)[0] for m in MODELS[:300]}
     members.begin("a")
-    members.set_members({"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2", "c": "http://127.0.0.1:3"})
+    members.set_members({"a": a, "b": b, "c": c})
     assert members.inflight["a"] == 1, "a change keeps the counts of workers that stay"
     moved = [m for m in owners if members.ring.preference_list(m)[0] != owners[m]]
     assert all(members.ring.preference_list(m)[0] == "c" for m in moved)
-    members.set_members({"b": "http://127.0.0.1:9"})
+    moved_b = WorkerAddress("http://127.0.0.1:9", "127.0.0.1:10")
+    members.set_members({"b": moved_b})
     members.end("a")  # finishing a request on a worker that left is harmless
-    assert members.urls == {"b": "http://127.0.0.1:9"}, "a worker that moved keeps its id and place"
+    assert members.addresses == {"b": moved_b}, "a worker that moved keeps its id and place"
 
 
 def test_worker_url_forms() -> None:
