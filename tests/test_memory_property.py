@@ -42,6 +42,10 @@ class TensorFilePager:
     def to_device(self, key: Key, model: Tensors, device: Device) -> Tensors:
         return {name: device.copy_in(t) for name, t in model.items()}
 
+    def warm_up(self, key: Key, model: Tensors, device: Device | None) -> None:
+        for tensor in model.values():
+            tensor.sum()  # touch every page where the model will serve
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:

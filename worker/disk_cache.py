@@ -32,7 +32,7 @@ from worker.errors import MemoryBusy, ModelLoadFailed, ModelTooLarge
 from worker.eviction import EvictionPolicy
 from worker.manifest import CHUNK, MANIFEST_FILE, InvalidManifest, Manifest
 from worker.remote_store import RemoteStore, RemoteStoreError
-from worker.tiers import DISK, MemoryObserver, NullObserver, ResidentSnapshot, Tier, TierSnapshot
+from worker.tiers import DISK, MemoryObserver, NullObserver, Tier, TierSnapshot, snapshot_of
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,8 @@ class DiskCache:
         return True
 
     def snapshot(self) -> TierSnapshot:
-        models = tuple(
-            ResidentSnapshot(k[0], k[1], size, int(self._in_use(k)), False)
-            for k, size in sorted(self._tier.sizes.items())
-        ) + tuple(ResidentSnapshot(k[0], k[1], size, 0, False, True) for k, size in sorted(self._tier.reserved.items()))
-        return TierSnapshot(DISK, self._tier.budget, self._tier.used, self._tier.reserved_bytes, models)
+        """Cached versions (refs 1: in use, may not be deleted), then downloads in flight."""
+        return snapshot_of(self._tier, lambda key: int(self._in_use(key)), lambda key: False)
 
     async def close(self) -> None:
         await self._flights.cancel_all()

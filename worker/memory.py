@@ -38,7 +38,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Generic, TypeVar
 
 from common.singleflight import SingleFlight
@@ -47,19 +46,9 @@ from worker.device import Device
 from worker.disk_cache import DiskCache
 from worker.errors import MemoryBusy, ModelLoadFailed, ModelTooLarge
 from worker.eviction import POLICIES, make_policy
+from worker.leases import Lease, Resident
 from worker.paging import Key, Pager, describe
-from worker.tiers import (
-    CPU,
-    DISK,
-    GPU,
-    REMOTE,
-    MemoryObserver,
-    MemorySnapshot,
-    NullObserver,
-    ResidentSnapshot,
-    Tier,
-    TierSnapshot,
-)
+from worker.tiers import CPU, DISK, GPU, REMOTE, MemoryObserver, MemorySnapshot, NullObserver, Tier, snapshot_of
 
 log = logging.getLogger(__name__)
 
@@ -84,51 +73,6 @@ class MemoryConfig:
             raise ValueError("max loads must be at least 1 and the wait timeout not negative")
 
 
-@dataclass(slots=True, eq=False)
-class _Resident(Generic[M]):
-    key: Key
-    size: int
-    tier: str  # GPU or CPU
-    host: M  # kept while on the GPU too: mapped file pages, so demotion copies nothing
-    device_copy: M | None
-    host_seconds: float  # measured cost of reloading into each tier (GDS credit)
-    device_seconds: float = 0.0
-    refs: int = 0
-    promoting: bool = False
-    unloading: bool = False  # dropped when the last lease is released
-
-    @property
-    def model(self) -> M:
-        return self.device_copy if self.tier == GPU and self.device_copy is not None else self.host
-
-
-class Lease(Generic[M]):
-    """One request's hold on a resident model; ``release`` it (once; later calls are no-ops)."""
-
-    __slots__ = ("_manager", "_released", "_resident", "device", "key", "model", "source", "tier")
-
-    def __init__(self, manager: MemoryManager[M], resident: _Resident[M], source: str) -> None:
-        self._manager = manager
-        self._resident = resident
-        self._released = False
-        self.key = resident.key
-        self.model: M = resident.model
-        self.tier = resident.tier  # where it serves from: gpu or cpu
-        self.source = source  # where it was when asked: gpu, cpu, disk or remote
-        self.device = manager.device if resident.tier == GPU else None
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._manager._release(self._resident)
-
-    def __enter__(self) -> Lease[M]:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.release()
-
-
 class MemoryManager(Generic[M]):
     def __init__(
         self,
@@ -151,7 +95,7 @@ class MemoryManager(Generic[M]):
         self._gpu: Tier[Key] | None = (
             Tier(GPU, config.gpu_budget, make_policy(config.eviction)) if self.device else None
         )
-        self._models: dict[Key, _Resident[M]] = {}
+        self._models: dict[Key, Resident[M]] = {}
         self._flights: SingleFlight[str] = SingleFlight()
         self._waiters: dict[Key, int] = {}  # callers awaiting a page-in: its result is not evictable
         self._paging: set[Key] = set()
@@ -197,19 +141,19 @@ class MemoryManager(Generic[M]):
             else:
                 del self._waiters[key]
 
-    def _lease(self, resident: _Resident[M], source: str) -> Lease[M]:
+    def _lease(self, resident: Resident[M], source: str) -> Lease[M]:
         resident.refs += 1
         self._tier(resident.tier).touch(resident.key)
-        return Lease(self, resident, source)
+        return Lease(resident, source, self.device if resident.tier == GPU else None, self._release)
 
-    def _release(self, resident: _Resident[M]) -> None:
+    def _release(self, resident: Resident[M]) -> None:
         resident.refs -= 1
         if resident.refs == 0:
             if resident.unloading and self._models.get(resident.key) is resident:
                 self._drop(resident)
             self._notify_room()
 
-    def _wants_promotion(self, resident: _Resident[M]) -> bool:
+    def _wants_promotion(self, resident: Resident[M]) -> bool:
         return resident.tier == CPU and self._gpu is not None and resident.size <= self._gpu.budget
 
     # -- paging in ----------------------------------------------------------------
@@ -238,17 +182,19 @@ class MemoryManager(Generic[M]):
                     started = self._clock()
                     host = await loop.run_in_executor(self._pool, self._pager.load, key, directory)
                     host_seconds = self._clock() - started
-                    device_copy = None
-                    if tier is self._gpu and self.device is not None:
+                    device_copy, device = None, self.device if tier is self._gpu else None
+                    if device is not None:
                         to_device = self._pager.to_device
-                        device_copy = await loop.run_in_executor(self._pool, to_device, key, host, self.device)
+                        device_copy = await loop.run_in_executor(self._pool, to_device, key, host, device)
+                    serving = host if device_copy is None else device_copy
+                    await loop.run_in_executor(self._pool, self._pager.warm_up, key, serving, device)
                     device_seconds = self._clock() - started - host_seconds
             except BaseException:
                 tier.cancel(key)
                 self._notify_room()
                 raise
             tier.commit(key, host_seconds + device_seconds if tier is self._gpu else host_seconds)
-            self._models[key] = _Resident(key, size, tier.name, host, device_copy, host_seconds, device_seconds)
+            self._models[key] = Resident(key, size, tier.name, host, device_copy, host_seconds, device_seconds)
             self._failed.pop(key, None)
             self._observer.loaded(source, host_seconds + device_seconds)
             log.info("loaded model %s version %s from %s into %s (%d bytes, %.3fs)", *key, source, tier.name, size,
@@ -297,7 +243,7 @@ class MemoryManager(Generic[M]):
                     return tier
             await self._room_changed(key, deadline)
 
-    async def _promote(self, resident: _Resident[M]) -> None:
+    async def _promote(self, resident: Resident[M]) -> None:
         """CPU to GPU, one host-to-device copy; on no room or failure it stays on CPU."""
         gpu, device, key = self._gpu, self.device, resident.key
         assert gpu is not None and device is not None
@@ -310,6 +256,7 @@ class MemoryManager(Generic[M]):
                 started = self._clock()
                 loop = asyncio.get_running_loop()
                 copy = await loop.run_in_executor(self._pool, self._pager.to_device, key, resident.host, device)
+                await loop.run_in_executor(self._pool, self._pager.warm_up, key, copy, device)
                 seconds = self._clock() - started
         except Exception as exc:
             gpu.cancel(key)
@@ -341,7 +288,7 @@ class MemoryManager(Generic[M]):
             self._evict(self._models[key], tier)
         return True
 
-    def _evict(self, resident: _Resident[M], tier: Tier[Key]) -> None:
+    def _evict(self, resident: Resident[M], tier: Tier[Key]) -> None:
         key = resident.key
         tier.remove(key, evicted=True)
         self._observer.evicted(tier.name)
@@ -354,7 +301,7 @@ class MemoryManager(Generic[M]):
         del self._models[key]
         log.info("evicted model %s version %s from %s (%d bytes)", *key, tier.name, resident.size)
 
-    def _drop(self, resident: _Resident[M]) -> None:
+    def _drop(self, resident: Resident[M]) -> None:
         self._tier(resident.tier).remove(resident.key, evicted=False)
         del self._models[resident.key]
         resident.device_copy = None
@@ -391,9 +338,9 @@ class MemoryManager(Generic[M]):
     async def unload(self, key: Key) -> bool:
         """Drop a model from memory (a disk-cache copy stays); one in use goes at its
         last release, and new acquires load it afresh. False when it was not resident."""
-        if key in self._flights:
+        if key in self._flights:  # let the page-in in flight finish first
             with contextlib.suppress(Exception):
-                await self._flights.do(key, self._settled(key))
+                await self._flights.do(key, asyncio.sleep(0, ""))
         self._sizes.pop(key, None)
         self._failed.pop(key, None)
         resident = self._models.get(key)
@@ -405,9 +352,6 @@ class MemoryManager(Generic[M]):
             self._drop(resident)
             self._notify_room()
         return True
-
-    async def _settled(self, key: Key) -> str:
-        return ""
 
     def residency(self, key: Key) -> str | None:
         """gpu or cpu while resident, else None."""
@@ -423,31 +367,21 @@ class MemoryManager(Generic[M]):
 
     def tier_bytes(self) -> dict[tuple[str, ...], float]:
         """(tier, used|budget) -> bytes, for the affinity_memory_bytes gauge."""
-        tiers = [t for t in (self._gpu, self._cpu) if t is not None]
         out: dict[tuple[str, ...], float] = {}
-        for tier in tiers:
-            out[(tier.name, "used")] = float(tier.used)
-            out[(tier.name, "budget")] = float(tier.budget)
-        if self._disk is not None:
-            disk = self._disk.snapshot()
-            out[(DISK, "used")], out[(DISK, "budget")] = float(disk.used), float(disk.budget)
+        for tier in self.snapshot().tiers:
+            out[(tier.tier, "used")], out[(tier.tier, "budget")] = float(tier.used), float(tier.budget)
         return out
 
     def snapshot(self) -> MemorySnapshot:
-        tiers = [self._tier_snapshot(t) for t in (self._gpu, self._cpu) if t is not None]
+        """Each tier's budget, bytes used and reserved, and models (sizes, refs, pins)."""
+
+        def refs(key: Key) -> int:
+            return self._models[key].refs
+
+        tiers = [snapshot_of(t, refs, self._pins.__contains__) for t in (self._gpu, self._cpu) if t is not None]
         if self._disk is not None:
             tiers.append(self._disk.snapshot())
         return MemorySnapshot(self.config.eviction, tuple(tiers), self._disk.store.url if self._disk else None)
-
-    def _tier_snapshot(self, tier: Tier[Key]) -> TierSnapshot:
-        models = [
-            ResidentSnapshot(key[0], key[1], size, self._models[key].refs, key in self._pins)
-            for key, size in sorted(tier.sizes.items())
-        ]
-        models += [
-            ResidentSnapshot(k[0], k[1], size, 0, k in self._pins, True) for k, size in sorted(tier.reserved.items())
-        ]
-        return TierSnapshot(tier.name, tier.budget, tier.used, tier.reserved_bytes, tuple(models))
 
     async def close(self) -> None:
         await self._flights.cancel_all()

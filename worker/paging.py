@@ -2,13 +2,14 @@
 
 The memory manager knows bytes, tiers and policies; a ``Pager`` knows a model
 format. It says how many bytes a model will occupy before loading it (from the
-weights' header), loads it into host memory, and copies a host-resident model
-to a device. The manager calls it in its load thread pool, so every method may
-block. ``TorchPager`` serves the built-in architectures from safetensors:
-host models keep their weights memory-mapped (shared between processes through
-the page cache), a device copy costs one host-to-device copy per tensor, and
-both are warmed up with one synthetic inference before they serve. Other
-formats (ONNX, user code) plug in as another ``Pager`` with the same accounting.
+weights' header), loads it into host memory, copies a host-resident model to a
+device, and warms a model up where it will serve (one synthetic inference, so
+the first request does not pay allocation and kernel selection). The manager
+calls it in its load thread pool, so every method may block. ``TorchPager``
+serves the built-in architectures from safetensors: host models keep their
+weights memory-mapped (shared between processes through the page cache), and a
+device copy costs one host-to-device copy per tensor. Other formats (ONNX, user
+code) plug in as another ``Pager`` with the same accounting.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ class Pager(Protocol[M]):
         ...
 
     def load(self, key: Key, directory: Path) -> M:
-        """The model resident in host memory, ready to serve (blocking)."""
+        """The model resident in host memory (blocking)."""
         ...
 
     def to_device(self, key: Key, model: M, device: Device) -> M:
-        """A copy of a host-resident model on ``device``, ready to serve (blocking)."""
+        """A copy of a host-resident model on ``device`` (blocking)."""
+        ...
+
+    def warm_up(self, key: Key, model: M, device: Device | None) -> None:
+        """Run the model once where it will serve (``device``, or the host when None)."""
         ...
 
 
@@ -61,18 +66,16 @@ class TorchPager:
     def load(self, key: Key, directory: Path) -> LoadedModel:
         where = describe(key)
         config = read_config(where, directory)
-        model = LoadedModel(key[0], key[1], config, load_module_from(where, config, directory / WEIGHTS_FILE))
-        if config.warmup:
-            warm_up_on(model, None)
-        return model
+        return LoadedModel(key[0], key[1], config, load_module_from(where, config, directory / WEIGHTS_FILE))
 
     def to_device(self, key: Key, model: LoadedModel, device: Device) -> LoadedModel:
         module = copy_module(describe(key), model.config, model.module, device.copy_in)
         device.synchronize()
-        copied = LoadedModel(model.name, model.version, model.config, module)
+        return LoadedModel(model.name, model.version, model.config, module)
+
+    def warm_up(self, key: Key, model: LoadedModel, device: Device | None) -> None:
         if model.config.warmup:
-            warm_up_on(copied, device)
-        return copied
+            warm_up_on(model, device)
 
 
 def synthetic_inputs(model: LoadedModel) -> list[np.ndarray]:

@@ -150,6 +150,15 @@ class TierSnapshot:
         }
 
 
+def snapshot_of(
+    tier: Tier[tuple[str, str]], refs: Callable[[tuple[str, str]], int], pinned: Callable[[tuple[str, str]], bool]
+) -> TierSnapshot:
+    """A tier's view for /admin/memory: resident models, then loads in flight."""
+    models = [ResidentSnapshot(k[0], k[1], size, refs(k), pinned(k)) for k, size in sorted(tier.sizes.items())]
+    models += [ResidentSnapshot(k[0], k[1], size, 0, pinned(k), True) for k, size in sorted(tier.reserved.items())]
+    return TierSnapshot(tier.name, tier.budget, tier.used, tier.reserved_bytes, tuple(models))
+
+
 @dataclass(frozen=True, slots=True)
 class MemorySnapshot:
     policy: str
