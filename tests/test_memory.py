@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from common.metrics import Registry
@@ -20,6 +22,7 @@ from worker.device import StandInDevice
 from worker.errors import MemoryBusy, ModelLoadFailed, ModelTooLarge
 from worker.memory import MemoryConfig, MemoryManager
 from worker.memory_metrics import MemoryMetrics
+from worker.model_config import ModelConfig
 from worker.paging import run_on
 from worker.runner import LoadedModel
 from worker.warmup import warm_up_process
@@ -261,6 +264,27 @@ def test_pinned_models_stay(zoo: Path) -> None:
         (await manager.acquire(CNN)).release()
         (await manager.acquire(TRANSFORMER)).release()
         assert "mlp-00" not in _resident(manager, "cpu")
+        await manager.close()
+
+    run(main)
+
+
+def test_a_model_whose_config_says_pinned_stays(zoo: Path, tmp_path: Path) -> None:
+    size = sizes(zoo)
+    for name in ("mlp-00", "cnn-01"):
+        shutil.copytree(zoo / name, tmp_path / name)
+    config = orjson.loads((tmp_path / "mlp-00/1/config.json").read_bytes())
+    assert ModelConfig.from_json(config).pinned is False
+    (tmp_path / "mlp-00/1/config.json").write_bytes(orjson.dumps({**config, "pinned": True}))
+
+    async def main() -> None:
+        manager = _manager(tmp_path, cpu=max(size["mlp-00"], size["cnn-01"]))  # room for one
+        (await manager.acquire(MLP)).release()
+        with pytest.raises(MemoryBusy):
+            await manager.acquire(CNN, max_wait=0.05)
+        manager.unpin(MLP)  # the API overrides the config until the next load
+        (await manager.acquire(CNN)).release()
+        assert _resident(manager, "cpu") == ["cnn-01"]
         await manager.close()
 
     run(main)

@@ -46,6 +46,9 @@ class TensorFilePager:
         for tensor in model.values():
             tensor.sum()  # touch every page where the model will serve
 
+    def pinned(self, model: Tensors) -> bool:
+        return False
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:

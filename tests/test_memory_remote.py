@@ -102,6 +102,8 @@ def test_s3_store_lists_and_serves_a_model_downloaded_into_the_disk_cache(
 
     async def main() -> None:
         manager = _manager(store, tmp_path / "cache", 8 << 20, pager)
+        assert manager.disk_cache is not None
+        assert await manager.disk_cache.list_remote() == {name: ["1"] for name in MODELS}
         lease = await manager.acquire(("mlp-00", "1"))
         assert lease.source == "remote"
         inputs = [a for _, _, a in sample_inputs(zoo, "mlp-00", 2, seed=3)]

@@ -118,6 +118,11 @@ class DiskCache:
     def downloading(self, key: Key) -> bool:
         return key in self._flights
 
+    async def list_remote(self) -> dict[str, list[str]]:
+        """Every model name in the remote store with its complete versions, listed in the
+        pool; RemoteStoreError when the store cannot be read (keep the last listing then)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.store.list_versions)
+
     async def fetch(self, key: Key) -> Path:
         """The version's directory in the cache, downloaded and verified first if needed.
         Raises ModelTooLarge (507), MemoryBusy (503), ModelLoadFailed (500: store or verification)."""

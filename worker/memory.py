@@ -88,7 +88,7 @@ class MemoryManager(Generic[M]):
         self.device = device if config.gpu_budget > 0 else None
         self._pager = pager
         self._repository = repository
-        self._disk = disk_cache
+        self.disk_cache = self._disk = disk_cache
         self._observer = observer or NullObserver()
         self._clock = clock  # measures load costs; waits use the event loop's time
         self._cpu: Tier[Key] = Tier(CPU, config.cpu_budget, make_policy(config.eviction))
@@ -195,6 +195,8 @@ class MemoryManager(Generic[M]):
                 raise
             tier.commit(key, host_seconds + device_seconds if tier is self._gpu else host_seconds)
             self._models[key] = Resident(key, size, tier.name, host, device_copy, host_seconds, device_seconds)
+            if self._pager.pinned(host):  # the model's config pins it: again on every load
+                self._pins.add(key)
             self._failed.pop(key, None)
             self._observer.loaded(source, host_seconds + device_seconds)
             log.info("loaded model %s version %s from %s into %s (%d bytes, %.3fs)", *key, source, tier.name, size,
@@ -328,7 +330,8 @@ class MemoryManager(Generic[M]):
     # -- administration -------------------------------------------------------------
 
     def pin(self, key: Key) -> None:
-        """Never evict this model while resident (it still loads on first use)."""
+        """Never evict this model while resident (it still loads on first use).
+        A model whose config says ``pinned`` is pinned each time it loads."""
         self._pins.add(key)
 
     def unpin(self, key: Key) -> None:

@@ -8,7 +8,8 @@
       "max_batch_size": 64,               # 0: no batch dimension
       "deterministic": true,              # same input, same answer: cacheable
       "cache": true,                      # per-model opt-out of the response cache
-      "warmup": true                      # run one synthetic inference after loading
+      "warmup": true,                     # run one synthetic inference after loading
+      "pinned": false                     # once loaded, never evicted from memory
     }
 
 With ``max_batch_size > 0`` the first dimension of every input and output is the
@@ -37,6 +38,7 @@ class ModelConfig:
     deterministic: bool = True
     cache: bool = True
     warmup: bool = True
+    pinned: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class ModelConfig:
             "deterministic": self.deterministic,
             "cache": self.cache,
             "warmup": self.warmup,
+            "pinned": self.pinned,
         }
 
     @classmethod
@@ -64,6 +67,7 @@ class ModelConfig:
                 deterministic=bool(raw.get("deterministic", True)),
                 cache=bool(raw.get("cache", True)),
                 warmup=bool(raw.get("warmup", True)),
+                pinned=bool(raw.get("pinned", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None

@@ -49,6 +49,10 @@ class Pager(Protocol[M]):
         """Run the model once where it will serve (``device``, or the host when None)."""
         ...
 
+    def pinned(self, model: M) -> bool:
+        """Whether the model's own configuration asks never to be evicted."""
+        ...
+
 
 def describe(key: Key) -> str:
     return f"model '{key[0]}' version {key[1]}"
@@ -76,6 +80,9 @@ class TorchPager:
     def warm_up(self, key: Key, model: LoadedModel, device: Device | None) -> None:
         if model.config.warmup:
             warm_up_on(model, device)
+
+    def pinned(self, model: LoadedModel) -> bool:
+        return model.config.pinned
 
 
 def synthetic_inputs(model: LoadedModel) -> list[np.ndarray]:
