@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from protocol.errors import NotFound
 from tests.memory_fixtures import CountingPager, repository, run
 from tests.reference import run_reference, sample_inputs
 from worker.disk_cache import DiskCache
@@ -154,6 +155,8 @@ def test_a_corrupted_s3_download_is_rejected_and_never_loaded(
         assert all(t.used == 0 and t.reserved == 0 and not t.models for t in snap.tiers)
         # The manager stays consistent: other models still come down and load.
         (await manager.acquire(("mlp-00", "1"))).release()
+        with pytest.raises(NotFound):  # the store answers that it has no such model
+            await manager.acquire(("no-such-model", "1"))
         await manager.close()
 
     run(main)

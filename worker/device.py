@@ -30,8 +30,6 @@ class TransferCounts:
 class Device:
     """Where the GPU tier's tensors live; counts what crosses the bus."""
 
-    kind = "device"
-
     def __init__(self, torch_device: torch.device) -> None:
         self.torch_device = torch_device
         self.counts = TransferCounts()
@@ -75,8 +73,6 @@ class StandInDevice(Device):
     """A device backed by CPU memory, for tests: the GPU tier's exact code path,
     with its allocations tracked until the tensors holding them are freed."""
 
-    kind = "stand-in"
-
     def __init__(self) -> None:
         super().__init__(torch.device("cpu"))
         self._live: list[tuple[StorageWeakRef, int]] = []
@@ -98,8 +94,6 @@ class StandInDevice(Device):
 
 
 class CudaDevice(Device):
-    kind = "cuda"
-
     def __init__(self, index: int = 0) -> None:
         super().__init__(torch.device("cuda", index))
 

@@ -27,11 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common.singleflight import SingleFlight
+from protocol.errors import NotFound
 from protocol.names import is_valid_name, is_valid_version
 from worker.errors import MemoryBusy, ModelLoadFailed, ModelTooLarge
 from worker.eviction import EvictionPolicy
 from worker.manifest import CHUNK, MANIFEST_FILE, InvalidManifest, Manifest
-from worker.remote_store import RemoteStore, RemoteStoreError
+from worker.remote_store import MissingFromStore, RemoteStore, RemoteStoreError
 from worker.tiers import DISK, MemoryObserver, NullObserver, Tier, TierSnapshot, snapshot_of
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class DiskCache:
             elif is_valid_name(entry.name) and entry.is_dir():
                 for version in os.scandir(entry.path):
                     key = (entry.name, version.name)
+                    if version.name.startswith((STAGING, TRASH)):
+                        _remove(Path(version.path))
+                        continue
                     size = _complete_size(Path(version.path)) if is_valid_version(version.name) else None
                     if size is None:
                         log.warning("disk cache: deleting incomplete entry for model %s", entry.name)
@@ -115,9 +119,6 @@ class DiskCache:
     def __contains__(self, key: Key) -> bool:
         return key in self._tier.sizes
 
-    def downloading(self, key: Key) -> bool:
-        return key in self._flights
-
     async def list_remote(self) -> dict[str, list[str]]:
         """Every model name in the remote store with its complete versions, listed in the
         pool; RemoteStoreError when the store cannot be read (keep the last listing then)."""
@@ -125,7 +126,8 @@ class DiskCache:
 
     async def fetch(self, key: Key) -> Path:
         """The version's directory in the cache, downloaded and verified first if needed.
-        Raises ModelTooLarge (507), MemoryBusy (503), ModelLoadFailed (500: store or verification)."""
+        Raises NotFound (404: not in the store), ModelTooLarge (507), MemoryBusy (503),
+        ModelLoadFailed (500: the store failed, or what came does not match the manifest)."""
         path = self.path(key)
         if path is not None:
             return path
@@ -137,6 +139,8 @@ class DiskCache:
         where = f"model '{key[0]}' version {key[1]}"
         try:
             manifest = await loop.run_in_executor(self._pool, self.store.read_manifest, key)
+        except MissingFromStore:
+            raise NotFound(f"unknown model '{key[0]}' version {key[1]}") from None
         except (RemoteStoreError, InvalidManifest) as exc:
             raise ModelLoadFailed(f"{where}: {exc}") from None
         size = manifest.total_bytes
@@ -202,14 +206,6 @@ class DiskCache:
         except BaseException:
             _remove(staging)
             raise
-
-    async def remove(self, key: Key) -> bool:
-        """Delete a cached version that is not in use; False when it is, or is not cached."""
-        if key not in self._tier.sizes or self._in_use(key):
-            return False
-        self._tier.remove(key, evicted=False)
-        await asyncio.get_running_loop().run_in_executor(self._pool, _remove, self._path(key))
-        return True
 
     def snapshot(self) -> TierSnapshot:
         """Cached versions (refs 1: in use, may not be deleted), then downloads in flight."""

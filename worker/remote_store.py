@@ -31,6 +31,10 @@ class RemoteStoreError(Exception):
     """The store could not be read (the message names no credentials or paths)."""
 
 
+class MissingFromStore(RemoteStoreError):
+    """The store answered, and it does not hold that file."""
+
+
 class RemoteStore(Protocol):
     url: str  # for display: bucket and prefix, or the directory
 
@@ -84,9 +88,11 @@ class DirectoryStore:
         name, version, file = _key_parts(key, file)
         try:
             f = open(self.root / name / version / file, "rb")  # noqa: SIM115 (yielded, closed below)
+        except FileNotFoundError:
+            raise MissingFromStore(f"{file} of model '{name}' version {version} is not in the store") from None
         except OSError as exc:
             raise RemoteStoreError(
-                f"{file} of model '{name}' version {version} is missing from the store ({exc.strerror})"
+                f"{file} of model '{name}' version {version} could not be read ({exc.strerror})"
             ) from None
         with f:
             yield f
@@ -139,7 +145,13 @@ class S3Store:
         name, version, file = _key_parts(key, file)
         try:
             body = self._client.get_object(Bucket=self.bucket, Key=self._object_key(name, version, file))["Body"]
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise MissingFromStore(f"{file} of model '{name}' version {version} is not in the store") from None
+            raise RemoteStoreError(
+                f"{file} of model '{name}' version {version} could not be fetched (ClientError)"
+            ) from None
+        except BotoCoreError as exc:
             raise RemoteStoreError(
                 f"{file} of model '{name}' version {version} could not be fetched ({type(exc).__name__})"
             ) from None
