@@ -7,9 +7,14 @@ A module's ``forward`` takes the inputs in declared order and returns one
 tensor per declared output (a tensor when there is one).
 
     mlp          FP32 [-1, in_features]       -> logits [-1, out_features]
-    logreg       FP32 [-1, features]          -> probabilities [-1, classes]
+    logreg       INT64 [-1, active] ids       -> probabilities [-1, classes]   (sparse: {vocab, active, classes})
+                 FP32 [-1, features]          -> probabilities [-1, classes]   (dense: {features, classes})
     cnn          FP32 [-1, channels, H, W]    -> logits [-1, classes]
     transformer  INT64 [-1, seq_len] ids      -> logits [-1, classes]
+
+Models grow by width, depth or vocabulary, never by input width, so a large
+model still takes a small request. ``example`` is each architecture's tiny
+instance, used to pay the library's one-time initialisation at start.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Architecture:
     interface: Callable[[Args], tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]
     # Optional check of input values a shape check cannot catch (token ids in range).
     check_inputs: Callable[[Args, list[Any]], None] | None = None
+    example: Args | None = None  # a tiny instance's arguments
 
 
 def _mlp(args: Args) -> nn.Module:
@@ -62,15 +68,41 @@ class LogisticRegression(nn.Module):
         return torch.softmax(self.linear(x), dim=-1)
 
 
+class SparseLogisticRegression(nn.Module):
+    """Logistic regression over a bag of active feature ids (hashed features, as
+    click-through models use): each row holds ``active`` ids from a ``vocab``, and
+    the logits are the sum of their weight rows plus a bias. It grows by vocabulary."""
+
+    def __init__(self, vocab: int, classes: int) -> None:
+        super().__init__()
+        self.weight = nn.EmbeddingBag(vocab, classes, mode="sum")
+        self.bias = nn.Parameter(torch.zeros(classes))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.weight(ids) + self.bias, dim=-1)
+
+
+def _sparse(args: Args) -> bool:
+    return "vocab" in args
+
+
 def _logreg(args: Args) -> nn.Module:
+    if _sparse(args):
+        return SparseLogisticRegression(int(args["vocab"]), int(args["classes"]))
     return LogisticRegression(int(args["features"]), int(args["classes"]))
 
 
 def _logreg_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    return (
-        (TensorSpec("input", "FP32", (-1, int(args["features"]))),),
-        (TensorSpec("probabilities", "FP32", (-1, int(args["classes"]))),),
-    )
+    if _sparse(args):
+        given = TensorSpec("feature_ids", "INT64", (-1, int(args["active"])))
+    else:
+        given = TensorSpec("input", "FP32", (-1, int(args["features"])))
+    return (given,), (TensorSpec("probabilities", "FP32", (-1, int(args["classes"]))),)
+
+
+def _logreg_check(args: Args, inputs: list[Any]) -> None:
+    if _sparse(args):
+        _check_ids("feature_ids", "feature", int(args["vocab"]), inputs[0])
 
 
 def _cnn(args: Args) -> nn.Module:
@@ -125,17 +157,26 @@ def _transformer_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpe
 
 
 def _transformer_check(args: Args, inputs: list[Any]) -> None:
-    ids = inputs[0]
-    if ids.size and (ids.min() < 0 or ids.max() >= int(args["vocab"])):
-        raise BadRequest(f"input 'input_ids': token ids must be in [0, {int(args['vocab']) - 1}]")
+    _check_ids("input_ids", "token", int(args["vocab"]), inputs[0])
+
+
+def _check_ids(name: str, kind: str, vocab: int, ids: Any) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise BadRequest(f"input '{name}': {kind} ids must be in [0, {vocab - 1}]")
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
-        Architecture("mlp", _mlp, _mlp_io),
-        Architecture("logreg", _logreg, _logreg_io),
-        Architecture("cnn", _cnn, _cnn_io),
-        Architecture("transformer", _transformer, _transformer_io, _transformer_check),
+        Architecture("mlp", _mlp, _mlp_io, None, {"in_features": 8, "hidden": [8], "out_features": 2}),
+        Architecture("logreg", _logreg, _logreg_io, _logreg_check, {"vocab": 16, "active": 4, "classes": 2}),
+        Architecture("cnn", _cnn, _cnn_io, None, {"channels": 3, "size": 8, "width": 2, "classes": 2}),
+        Architecture(
+            "transformer",
+            _transformer,
+            _transformer_io,
+            _transformer_check,
+            {"vocab": 16, "d_model": 8, "heads": 2, "layers": 1, "seq_len": 4, "classes": 2},
+        ),
     )
 }

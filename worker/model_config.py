@@ -9,7 +9,8 @@
       "deterministic": true,              # same input, same answer: cacheable
       "cache": true,                      # per-model opt-out of the response cache
       "cache_ttl": 600,                   # seconds an answer stays cached (default: the balancer's)
-      "warmup": true                      # run one synthetic inference after loading
+      "warmup": true,                     # run one synthetic inference after loading
+      "pinned": false                     # once loaded, never evicted from memory
     }
 
 With ``max_batch_size > 0`` the first dimension of every input and output is the
@@ -39,6 +40,7 @@ class ModelConfig:
     cache: bool = True
     cache_ttl: float | None = None
     warmup: bool = True
+    pinned: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class ModelConfig:
             "cache": self.cache,
             **({"cache_ttl": self.cache_ttl} if self.cache_ttl is not None else {}),
             "warmup": self.warmup,
+            "pinned": self.pinned,
         }
 
     @classmethod
@@ -68,6 +71,7 @@ class ModelConfig:
                 cache=bool(raw.get("cache", True)),
                 cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
                 warmup=bool(raw.get("warmup", True)),
+                pinned=bool(raw.get("pinned", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None

@@ -48,7 +48,8 @@ def args_for(architecture: str, size_bytes: int) -> dict[str, Any]:
         width = max(16, int((-74 + math.sqrt(74**2 + 8 * params)) / 4))
         return {"in_features": 64, "hidden": [width, width, width], "out_features": 10}
     if architecture == "logreg":
-        return {"features": max(16, params // 11), "classes": 10}
+        # sparse: a vocab x 10 weight table plus 10 biases; each request names 32 feature ids.
+        return {"vocab": max(16, (params - 10) // 10), "active": 32, "classes": 10}
     if architecture == "cnn":
         # three 3x3 conv blocks (w, 2w, 4w) + a 4x4x4w -> 10 head: about 90w^2 + 700w.
         width = max(4, int((-700 + math.sqrt(700**2 + 360 * params)) / 180))
