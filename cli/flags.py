@@ -41,9 +41,12 @@ class Flags:
         type: Callable[[str], Any] = str,
         default: Any = None,
         required: bool = False,
+        env: str | None = None,
         **kwargs: Any,
     ) -> None:
-        env = env_name(self.command, flag)
+        """``env``: the variable to read instead of the command's own (only the
+        shared admin token has one)."""
+        env = env or env_name(self.command, flag)
         from_env = os.environ.get(env)
         if from_env is not None:
             default, required = from_env, False  # argparse applies ``type`` to string defaults

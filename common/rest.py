@@ -38,7 +38,10 @@ def error_response(status: int, message: str, retry_after: int | None = None) ->
 
 def render_error(exc: BaseException) -> Response:
     if isinstance(exc, ProtocolError):
-        return error_response(exc.status, exc.message, exc.retry_after)
+        response = error_response(exc.status, exc.message, exc.retry_after)
+        if exc.status == 401:
+            response.headers = {**(response.headers or {}), "WWW-Authenticate": "Bearer"}
+        return response
     if isinstance(exc, HttpError):
         response = error_response(exc.status, exc.message)
         allow = getattr(exc, "allow", None)

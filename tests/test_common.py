@@ -114,3 +114,20 @@ def test_bad_flag_values_are_clear_errors(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         build_parser().parse_args(["balancer", "--workers", "h:1", "--cache-size", "lots"])
     assert "invalid size" in capsys.readouterr().err
+
+
+def test_admin_token_check() -> None:
+    from common.auth import admin_headers, check_admin
+    from protocol.errors import Unauthorized
+
+    check_admin({}, None)  # no token configured: open (the process is loopback-bound)
+    check_admin({"authorization": "Bearer s3cret"}, "s3cret")
+    check_admin({k.lower(): v for k, v in admin_headers("s3cret").items()}, "s3cret")
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": "s3cret"},
+        {"authorization": "Basic s3cret"},
+    ):
+        with pytest.raises(Unauthorized):
+            check_admin(headers, "s3cret")
