@@ -12,7 +12,7 @@ import hmac
 
 from protocol.errors import Unauthorized
 
-ADMIN_TOKEN_ENV = "AFFINITY_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV = "AFFINITY_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def bearer(headers: dict[str, str]) -> str | None:
