@@ -24,7 +24,7 @@ from balancer.server import BalancerService
 from balancer.transport import Transport
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
-from common.http_server import HttpServer
+from common.http_server import HttpLimits, HttpServer
 from protocol.rest import render_error
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Balancer:
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
         )
-        self.http = HttpServer(self.service.routes(), render_error, max_body=config.max_body_size)
+        self.http = HttpServer(self.service.routes(), render_error, HttpLimits(max_body=config.max_body_size))
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
 

@@ -6,18 +6,21 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from common.http_message import HeaderBlock
+
 
 @dataclass(slots=True, frozen=True)
 class CachedAnswer:
     body: bytes  # JSON response body with no "id" member
     served_by: str
     content_type: str = "application/json"
-    # The hit's response headers, encoded once when the entry is made.
-    hit_headers: bytes = field(init=False, repr=False, compare=False)
+    # The hit's response headers, encoded and checked once when the entry is made: an entry
+    # read from a shared Redis whose fields would inject header lines raises ValueError here.
+    hit_headers: HeaderBlock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        block = f"Content-Type: {self.content_type}\r\nX-Cache: hit\r\nX-Served-By: {self.served_by}\r\n"
-        object.__setattr__(self, "hit_headers", block.encode("latin-1"))
+        block = HeaderBlock({"Content-Type": self.content_type, "X-Cache": "hit", "X-Served-By": self.served_by})
+        object.__setattr__(self, "hit_headers", block)
 
     @property
     def size(self) -> int:

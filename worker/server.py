@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import __version__
 from common.http_router import Router
-from common.http_server import HttpServer, Request, Response
+from common.http_server import HttpLimits, HttpServer, Request, Response
 from protocol.errors import BadRequest, ProtocolError
 from protocol.json_body import loads_object
 from protocol.names import check_name, check_version
@@ -182,7 +182,8 @@ def configure_torch() -> None:
 async def serve(config: WorkerConfig) -> None:
     configure_torch()
     service = WorkerService(config)
-    http = HttpServer(service.routes(), render_error, max_body=config.max_body_size, server_name=SERVER_NAME)
+    limits = HttpLimits(max_body=config.max_body_size)
+    http = HttpServer(service.routes(), render_error, limits, server_name=SERVER_NAME)
     port = await http.start(config.host, config.port)
     service.ready = True
     log.info("worker %s serving %s on http://%s:%d", config.identity, config.models, config.host, port)
