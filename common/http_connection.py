@@ -236,14 +236,16 @@ class Connection(RequestReader):
             self.abort()
 
     def close_when_idle(self) -> None:
-        """Shutdown: finish the answer being made, drop the rest, then close."""
+        """Shutdown: finish the answer being made, drop the rest, then close (flushing
+        what was written; the server aborts whatever is still open after its grace)."""
         freed = sum(len(request.body) for request, _, _ in self.queue)
         self.server.buffered_body -= freed
         self.queue.clear()
-        if not self.busy:
-            self.abort()
-        else:
+        if self.busy:
             self.close_after = True
+        elif self.transport is not None:
+            self.closing = True
+            self.transport.close()
 
     def abort(self) -> None:
         self.closing = True
