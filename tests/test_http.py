@@ -178,3 +178,19 @@ def test_key_memo_remembers_bodies_without_ids() -> None:
     memo.put("m", "1", b"b", "k2")
     memo.put("m", "1", b"c", "k3")
     assert len(memo._keys) <= 3
+
+
+def test_a_client_that_half_closes_still_gets_its_answers() -> None:
+    async def main() -> bytes:
+        server, port = await echo_server()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow/0.2 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/last HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write_eof()  # done sending, still reading
+        received = await asyncio.wait_for(reader.read(), 5)  # to the server's close
+        writer.close()
+        await server.shutdown(1)
+        return received
+
+    out = run(main)
+    assert out.count(b"HTTP/1.1 200 OK") == 2
+    assert out.endswith(b"/echo/last") and b"Connection: close\r\n" in out
