@@ -26,7 +26,7 @@ from balancer.transport import Transport
 from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
-from common.http_server import HttpServer
+from common.http_server import HttpLimits, HttpServer
 from common.lifecycle import serve_until_signalled
 from common.rest import render_error
 
@@ -58,7 +58,8 @@ class Balancer:
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
         )
-        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, max_body=config.max_body_size)
+        limits = HttpLimits(max_body=config.max_body_size)
+        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, limits)
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
 

@@ -57,7 +57,10 @@ def test_identical_requests_over_two_balancers_run_once(
     """100 identical requests at once, spread over two balancers sharing Redis:
     local singleflight in each, a Redis lock between them: one inference."""
     worker = start_worker(slow_zoo, logdir).wait_ready()
-    balancers = [start_balancer([worker], logdir, "--redis-url", redis_server.url) for _ in range(2)]
+    # Generous Redis and lock timeouts: on a loaded machine a 100 ms Redis call may time
+    # out, and the cache then (rightly) fails open, which would be a second inference.
+    flags = ("--redis-url", redis_server.url, "--redis-timeout", "2", "--cache-lock-timeout", "60")
+    balancers = [start_balancer([worker], logdir, *flags) for _ in range(2)]
     try:
         for b in balancers:
             b.wait_ready()
