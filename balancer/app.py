@@ -26,7 +26,7 @@ from balancer.transport import Transport
 from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
-from common.http_server import HttpLimits, HttpServer
+from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.rest import render_error
 
@@ -39,7 +39,10 @@ class Balancer:
     def __init__(self, config: BalancerConfig, transport: Transport | None = None) -> None:
         self.config = config
         self.transport: Transport = transport or HttpClient(
-            config.upstream_connections, config.connect_timeout, config.try_timeout
+            config.upstream_connections,
+            config.connect_timeout,
+            config.try_timeout,
+            max_answer=config.max_upstream_answer,
         )
         self.discovery = StaticDiscovery(config.workers, self.transport)
         members = Members()
@@ -58,8 +61,7 @@ class Balancer:
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
         )
-        limits = HttpLimits(max_body=config.max_body_size)
-        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, limits)
+        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, config.http_limits())
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from common.http_server import HttpLimits, HttpServer
+from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.rest import render_error
 from worker.config import WorkerConfig
@@ -30,7 +30,7 @@ class Worker:
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
-        limits = HttpLimits(max_body=self.config.max_body_size)
+        limits = self.config.http_limits()
         self.http = HttpServer(WorkerHandlers(service).routes(), render_error, limits, server_name=SERVER_NAME)
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
