@@ -28,6 +28,7 @@ from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
+from common.loop_lag import LoopLag
 from common.rest import render_error
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,20 @@ class Balancer:
         )
         self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, config.http_limits())
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
 
     async def start(self) -> None:
+        await self.service.rules.start()
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
         except OSError:
             await self.transport.close()
             await self.service.cache.close()
             raise
-        task = asyncio.get_running_loop().create_task(self._refresh())
-        self._tasks.add(task)
+        loop = asyncio.get_running_loop()
+        self._tasks.add(loop.create_task(self._refresh()))
+        self._tasks.add(loop.create_task(self.loop_lag.run()))
         log.info(
             "balancer on http://%s:%d routing to %d workers (policy %s, cache %s)",
             self.config.host, self.port, len(self.config.workers), self.config.policy,

@@ -18,9 +18,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import orjson
 
@@ -30,6 +32,8 @@ from cache.entry import CachedAnswer
 from cache.keys import KeyMemo, json_key_request, key_from_json_body, request_id_of, typed_key
 from cache.response_cache import ResponseCache
 from protocol.json_body import loads_object, strip_id
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 LARGE_BODY = 128 << 10
@@ -65,7 +69,7 @@ class CacheRules:
         if call.cache_control is not None or len(call.body) > self.large_body:
             return None
         scope = info.scope(version)
-        if scope is None or not self.memo.eligible(call.body):
+        if scope is None:
             return None
         key = self.memo.get(scope, self.memo.ref(call.body))
         return self.cache.get_local(key) if key is not None else None
@@ -86,7 +90,7 @@ class CacheRules:
         obj = loads_object(call.body)
         request_id = request_id_of(obj)
         key = typed_key(scope, json_key_request(obj))
-        if request_id is None and self.memo.eligible(call.body):
+        if request_id is None:
             self.memo.put(scope, self.memo.ref(call.body), key)
         if not store:
             self._on_store("no_store")
@@ -98,20 +102,29 @@ class CacheRules:
         assert scope is not None
         loop = asyncio.get_running_loop()
         body = call.body
-        ref = None
-        key = None
-        if self.memo.eligible(body):
-            ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
-            key = self.memo.get(scope, ref)
+        ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
+        key = self.memo.get(scope, ref)
         request_id = None
         if key is None:
-            derived, request_id = await loop.run_in_executor(self._process_pool(), key_from_json_body, body, scope)
-            if ref is not None and request_id is None:
+            try:
+                derived, request_id = await loop.run_in_executor(self._process_pool(), key_from_json_body, body, scope)
+            except BrokenProcessPool:  # the key process died: a new one for the next request, a thread now
+                log.warning("the cache key process died; starting another")
+                self._processes = None
+                derived, request_id = await loop.run_in_executor(self._thread_pool(), key_from_json_body, body, scope)
+            if request_id is None:
                 self.memo.put(scope, ref, derived)
             key = derived
         if not store:
             self._on_store("no_store")
         return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl)
+
+    async def start(self) -> None:
+        """Start the pools now: spawning a process takes long enough to stall the
+        event loop, so it happens before the balancer reports ready."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._process_pool(), _ready)
+        await loop.run_in_executor(self._thread_pool(), _ready)
 
     def _thread_pool(self) -> Executor:
         if self._threads is None:
@@ -155,3 +168,7 @@ class CacheRules:
         for pool in (self._threads, self._processes):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ready() -> bool:
+    return True
