@@ -72,6 +72,7 @@ class Balancer:
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
         except OSError:
+            await self.service.rules.close()
             await self.transport.close()
             await self.service.cache.close()
             raise
@@ -108,7 +109,7 @@ class Balancer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flights.cancel_all()
-        self.service.rules.close()
+        await self.service.rules.close()
         await self.service.cache.close()
         await self.transport.close()
 

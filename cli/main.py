@@ -104,8 +104,14 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
     f = Flags(p, "bench")
-    p.add_argument("scenario", choices=["overhead"], help="overhead: balancer vs nginx vs direct, one run")
+    p.add_argument(
+        "scenario",
+        choices=["overhead", "cache"],
+        help="overhead: balancer vs nginx vs direct; cache: hit and miss paths, large bodies, repeat rates",
+    )
     f.add("--duration", "seconds per row", type=float, default=8.0)
+    f.add("--samples", "sequential requests per latency row (cache)", type=int, default=2000)
+    f.add("--out", "directory for reports and plots (cache)", type=Path)
     f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
     f.add("--models", "model repository (default: a small generated zoo)", type=Path)
     p.set_defaults(run=_run_bench)
@@ -153,6 +159,10 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "cache":
+        from cli.bench_cache import run_cache
+
+        return run_cache(args.samples, args.duration, args.out)
     from cli.bench import run_overhead
 
     return run_overhead(args.duration, args.connections, args.models)
