@@ -37,7 +37,7 @@ def load_parameters(body: bytes) -> tuple[str | None, bool | None]:
     files come from the repository or the store, never over the wire."""
     if not body.strip():
         return None, None
-    parameters: Any = loads_object(body).get("parameters") or {}
+    parameters: Any = loads_object(body).get("parameters", {})
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
     unknown = sorted(set(parameters) - {"version", "pinned"})
