@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,3 +173,25 @@ def test_a_batch_runs_on_the_leased_device_and_reports_its_times(zoo: Path) -> N
         got = np.asarray(orjson.loads(answer)["outputs"][0]["data"], dtype=np.float32)
         want = run_reference(zoo, name, [a for _, _, a in given])[0]
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_idle_queue_keeps_no_model_alive(zoo: Path) -> None:
+    """Once answered, the batcher holds no reference to the model: an evicted
+    model's memory (its mapping, its device copy) is freed when its leases go."""
+    held = [_model(zoo, "mlp-00")]
+    body = orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, 0)))
+    alive = weakref.ref(held[0].module)
+    pool = ThreadPoolExecutor(1)
+
+    async def main() -> None:
+        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20)
+        await batcher.submit(held[0], body, JSON_CODEC)
+        pool.submit(lambda: None).result(10)  # the drain has seen its queue empty and ended
+        held.clear()
+        gc.collect()
+        assert alive() is None
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        pool.shutdown()

@@ -68,7 +68,7 @@ Outcome = tuple[asyncio.Future[Any], Any]  # the answer, or the exception to rai
 @dataclass(slots=True)
 class _Queue:
     items: deque[_Job]
-    model: LoadedModel
+    model: LoadedModel | None  # None while idle: an evicted model must not be kept alive here
     device: Device | None
     running: bool = False
 
@@ -118,10 +118,12 @@ class Batcher:
                 with self._lock:
                     if not queue.items:
                         queue.running = False
+                        queue.model = queue.device = None
                         return
                     jobs = list(queue.items)
                     queue.items.clear()
                     model, device = queue.model, queue.device
+                assert model is not None
                 times = BatchTimes()
                 try:
                     outcomes = self._run(model, device, jobs, times)
@@ -133,6 +135,7 @@ class Batcher:
         except BaseException:
             with self._lock:
                 queue.running = False
+                queue.model = queue.device = None
             raise
 
     def _deliver(self, model: LoadedModel, times: BatchTimes, outcomes: list[Outcome]) -> None:
