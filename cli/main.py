@@ -116,10 +116,19 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
     f = Flags(p, "bench")
-    p.add_argument("scenario", choices=["overhead"], help="overhead: balancer vs nginx vs direct, one run")
-    f.add("--duration", "seconds per row", type=float, default=8.0)
-    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
+    p.add_argument(
+        "scenario",
+        choices=["overhead", "paging"],
+        help="overhead: balancer vs nginx vs direct; paging: a cold model's first answer vs naive load and floor",
+    )
+    f.add("--duration", "overhead: seconds per row", type=float, default=8.0)
+    f.add("--connections", "overhead: concurrent keep-alive connections", type=int, default=32)
+    f.add("--models", "overhead: model repository (default: a small generated zoo)", type=Path)
+    f.add("--size", "paging: the model's size", type=size, default="1GiB")
+    f.add("--arch", "paging: the model's architecture", default="mlp")
+    f.add("--trials", "paging: trials per row (the median is reported)", type=int, default=3)
+    f.add("--threads", "paging: torch threads, in the worker and in this process", type=int, default=1)
+    f.add("--out", "paging: where the table and its JSON are written", type=Path, default="results/bench")
     p.set_defaults(run=_run_bench)
 
 
@@ -165,6 +174,10 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "paging":
+        from cli.bench_paging import main_paging
+
+        return main_paging(args.size, args.arch, args.trials, args.threads, args.out)
     from cli.bench import run_overhead
 
     return run_overhead(args.duration, args.connections, args.models)
