@@ -16,6 +16,7 @@ servicer) translate their wire format into ``InferCall`` and render ``Answer``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import orjson
 
 from balancer.caching import CacheRules
 from balancer.config import BalancerConfig
+from balancer.errors import UpstreamError
 from balancer.index import ModelIndex, ModelInfo
 from balancer.members import Members
 from balancer.metrics import BalancerMetrics
@@ -44,10 +46,11 @@ from protocol.errors import (
 )
 from protocol.json_body import splice_id
 from protocol.names import check_name, check_version
+from protocol.stats import ModelStats, combine, parse_stats_body
 from protocol.types import ServerMetadata
 
 SERVER_NAME = "affinity-serve"
-EXTENSIONS = ("model_repository",)
+EXTENSIONS = ("model_repository", "statistics")
 JSON = "application/json"
 
 Outcome = Answer | Awaitable[Answer]
@@ -243,6 +246,26 @@ class BalancerService:
         if resp.status == 503:
             return False
         return bool(_json_or_raise(resp).get("ready", False))
+
+    async def model_stats(self, name: str, version: str | None) -> list[ModelStats]:
+        """Triton's statistics of the model, summed over every worker that answers
+        (a model served by several workers over time has counts on each)."""
+        await self._model(name, version)
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/stats"
+        transport = self.router.transport
+
+        async def ask(base: str) -> list[ModelStats] | None:
+            try:
+                resp = await transport.send(base, "GET", path)
+                return parse_stats_body(orjson.loads(resp.body)) if resp.status == 200 else None
+            except (UpstreamError, ValueError):  # unreachable, or not a statistics answer
+                return None
+
+        answers = await asyncio.gather(*(ask(a.http) for a in list(self.members.addresses.values())))
+        found = [a for a in answers if a is not None]
+        if not found:
+            raise UpstreamUnavailable("no worker answered with the model's statistics")
+        return combine(found)
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)

@@ -1,7 +1,10 @@
 """The worker process: its service, its fronts, started and stopped as one.
 
-``Worker.start`` builds the service (it needs the running loop) and opens the
-REST listener; ``begin_drain`` reports not-ready; ``stop`` closes the listener,
+``Worker.start`` builds the service (it needs the running loop), indexes the
+repository and the store, opens the REST listener (live, not yet ready), warms
+the process up (each architecture's one-time library set-up, so a cold model's
+first request pays only its own load), then reports ready; ``begin_drain``
+reports not-ready; ``stop`` closes the listener,
 lets accepted requests finish (bounded), then closes the service. The
 signal handling and drain sequence are ``common.lifecycle``'s.
 """
@@ -33,12 +36,15 @@ class Worker:
         limits = self.config.http_limits()
         self.http = HttpServer(WorkerHandlers(service).routes(), render_error, limits, server_name=SERVER_NAME)
         try:
+            await service.start()
             self.port = await self.http.start(self.config.host, self.config.port)
-        except OSError:
-            await service.close()
+            await service.warm_up()
+        except BaseException:
+            await self.stop()
             raise
         service.ready = True
-        log.info("%s serving %s on http://%s:%d", self.name, self.config.models, self.config.host, self.port)
+        sources = [str(s) for s in (self.config.models, self.config.remote_store) if s is not None]
+        log.info("%s serving %s on http://%s:%d", self.name, " and ".join(sources), self.config.host, self.port)
 
     def begin_drain(self) -> None:
         if self.service is not None:

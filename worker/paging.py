@@ -65,7 +65,7 @@ class TorchPager:
         try:
             return read_weights_info(directory / WEIGHTS_FILE).tensor_bytes
         except InvalidWeights as exc:
-            raise ModelUnavailable(f"{describe(key)}: {exc}") from None
+            raise ModelUnavailable(f"{describe(key)}: weights are not a valid safetensors file ({exc})") from None
 
     def load(self, key: Key, directory: Path) -> LoadedModel:
         where = describe(key)
