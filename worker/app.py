@@ -11,10 +11,13 @@ signal handling and drain sequence are ``common.lifecycle``'s.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
+from common.loop_lag import LoopLag
 from common.rest import render_error
 from worker.config import WorkerConfig
 from worker.handlers import WorkerHandlers
@@ -30,6 +33,7 @@ class Worker:
         self.service: WorkerService | None = None
         self.http: HttpServer | None = None
         self.port = config.port
+        self._lag: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
@@ -43,6 +47,7 @@ class Worker:
             await self.stop()
             raise
         service.ready = True
+        self._lag = asyncio.get_running_loop().create_task(LoopLag(service.metrics.registry).run())
         sources = [str(s) for s in (self.config.models, self.config.remote_store) if s is not None]
         log.info("%s serving %s on http://%s:%d", self.name, " and ".join(sources), self.config.host, self.port)
 
@@ -52,6 +57,10 @@ class Worker:
 
     async def stop(self) -> None:
         self.begin_drain()
+        if self._lag is not None:
+            self._lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag
         if self.http is not None:
             await self.http.shutdown(self.config.shutdown_timeout)
         if self.service is not None:
