@@ -9,7 +9,7 @@ of ours touches it. ``ProcessPoolExecutor`` was measured first and stalled the
 loop for milliseconds per large body while its helper threads pickled it.
 
 Wire format, both ways: a 4-byte little-endian length, then that many bytes.
-Request: the length-framed JSON ``[namespace, model, version, weights]`` and the
+Request: the length-framed JSON of the key's scope (its fields by name) and the
 body. Answer: JSON ``["ok", key, request_id]`` or ``["error", status, message]``.
 Answers come in request order.
 """
@@ -44,7 +44,7 @@ def _serve() -> None:
         (size,) = _LEN.unpack(stdin.read(4))
         body = stdin.read(size)
         try:
-            scope = KeyScope(*orjson.loads(scope_raw))
+            scope = KeyScope(**orjson.loads(scope_raw))
             key, request_id = key_from_json_body(body, scope)
             answer = orjson.dumps(["ok", key, request_id])
         except ProtocolError as exc:
@@ -69,6 +69,7 @@ class KeyProcess:
         self._waiting: deque[asyncio.Future[tuple[str, str | None]]] = deque()
         self._reader: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+        self._closing = False
 
     async def start(self) -> None:
         async with self._starting:
@@ -91,7 +92,9 @@ class KeyProcess:
         assert proc is not None and proc.stdin is not None
         future: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        scope_raw = orjson.dumps([scope.namespace, scope.model, scope.version, scope.weights])
+        scope_raw = orjson.dumps(
+            {"model": scope.model, "version": scope.version, "weights": scope.weights, "namespace": scope.namespace}
+        )
         proc.stdin.write(_LEN.pack(len(scope_raw)) + scope_raw + _LEN.pack(len(body)))
         proc.stdin.write(body)
         await proc.stdin.drain()
@@ -111,7 +114,8 @@ class KeyProcess:
                 else:
                     future.set_exception(error_for_status(int(first), str(second)))
         except (asyncio.IncompleteReadError, ConnectionError):
-            log.warning("the cache key process exited; the next large body starts another")
+            if not self._closing:
+                log.warning("the cache key process exited; the next large body starts another")
         finally:
             while self._waiting:
                 waiting = self._waiting.popleft()
@@ -122,6 +126,7 @@ class KeyProcess:
         proc = self._proc
         if proc is None:
             return
+        self._closing = True
         if proc.stdin is not None:
             proc.stdin.close()
         try:

@@ -259,3 +259,27 @@ def test_key_memo_remembers_bodies_without_ids() -> None:
         memo.put(scope, memo.ref(body), body.decode())
     remembered = [memo.get(scope, memo.ref(b)) for b in (b"a", big, b"b", b"c", b"d")]
     assert sum(r is not None for r in remembered) <= 3, "a bound, not a policy"
+
+
+def test_the_key_process_derives_the_same_key_and_survives_its_own_death() -> None:
+    import asyncio
+
+    from cache.key_process import KeyProcess
+
+    body = orjson.dumps({"id": "r9", **BASE})
+    scope = KeyScope("m", "1", "w0")
+
+    async def main() -> None:
+        keys = KeyProcess()
+        await keys.start()
+        assert await keys.derive(body, scope) == (_key(), "r9"), "the same key as in this process"
+        with pytest.raises(BadRequest, match="non-empty"):
+            await keys.derive(b'{"inputs": []}', scope)
+        assert keys._proc is not None
+        keys._proc.kill()
+        await keys._proc.wait()
+        await asyncio.sleep(0.05)
+        assert await keys.derive(body, scope) == (_key(), "r9"), "a new process after the old one died"
+        await keys.close()
+
+    asyncio.run(main())
