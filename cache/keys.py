@@ -26,15 +26,14 @@ from typing import Any
 
 import orjson
 
-from protocol.errors import BadRequest, PayloadTooLarge
+from protocol.binary_codec import ENCODING_ONLY, parameters, raw_tensors
+from protocol.errors import BadRequest
 from protocol.json_body import loads_object
-from protocol.packing import DEFAULT_MAX_ELEMENTS, element_count, flatten, pack
+from protocol.types import RawTensor
 
 KEY_PREFIX = "affinity:v2:"
 _PERSON = b"affinity-key-v2"
-ENCODING_ONLY = frozenset(("binary_data_output", "binary_data", "binary_data_size"))
 MAX_TENSORS = 256
-MAX_RANK = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +47,9 @@ class KeyScope:
     namespace: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class KeyTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: bytes  # raw little-endian elements (BYTES: length-prefixed)
-    parameters: dict[str, Any] | None = None
+# One input: name, datatype, shape, raw little-endian elements (BYTES:
+# length-prefixed) and parameters: the wire's own raw form.
+KeyTensor = RawTensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,49 +89,12 @@ def typed_key(scope: KeyScope, request: KeyRequest) -> str:
     return f"{KEY_PREFIX}{scope.model}:{{{digest}}}"  # the digest is the Redis Cluster hash tag
 
 
-def _params(raw: Any, where: str) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise BadRequest(f"'parameters' of {where} must be an object")
-    return raw
-
-
-def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or len(raw) > MAX_RANK or not all(type(d) is int and d >= 0 for d in raw):
-        raise BadRequest(f"input '{name}': 'shape' must be a list of at most {MAX_RANK} non-negative integers")
-    return tuple(raw)
-
-
-def json_key_request(obj: dict[str, Any]) -> KeyRequest:
-    """The typed content of a V2 JSON request; BadRequest where it is malformed
-    (the same rules the worker applies, so a request the balancer keys is one a
-    worker can read)."""
-    raw_inputs = obj.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadRequest("'inputs' must be a non-empty list")
-    if len(raw_inputs) > MAX_TENSORS:
-        raise BadRequest(f"too many inputs (at most {MAX_TENSORS})")
-    inputs = []
-    for raw in raw_inputs:
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
-            raise BadRequest("each input must be an object with a string 'name', shape, datatype and data")
-        name, datatype = raw["name"], raw.get("datatype")
-        if not isinstance(datatype, str):
-            raise BadRequest(f"input '{name}': unknown datatype {str(datatype)[:32]!r}")
-        shape = _shape(raw.get("shape"), name)
-        count = element_count(shape)
-        if count > DEFAULT_MAX_ELEMENTS:
-            raise PayloadTooLarge(f"input '{name}': {count} elements is over the limit of {DEFAULT_MAX_ELEMENTS}")
-        if "data" not in raw:
-            raise BadRequest(f"input '{name}': 'data' is missing")
-        values = flatten(raw["data"], name)
-        if len(values) != count:
-            raise BadRequest(f"input '{name}': data has {len(values)} elements but shape needs {count}")
-        parameters = _params(raw.get("parameters"), f"input '{name}'")
-        inputs.append(KeyTensor(name, datatype, shape, pack(datatype, values, name), parameters))
-    if len({t.name for t in inputs}) != len(inputs):
-        raise BadRequest("an input is given twice")
+def key_request(obj: dict[str, Any], binary: memoryview | None = None) -> KeyRequest:
+    """The typed content of a V2 request's JSON object (with ``binary``, the binary
+    section of a request in the binary extension); BadRequest where it is
+    malformed (the same rules the worker applies, so a request the balancer keys
+    is one a worker can read)."""
+    inputs = raw_tensors(obj.get("inputs"), binary)
     outputs = None
     raw_outputs = obj.get("outputs")
     if raw_outputs is not None:
@@ -146,9 +104,13 @@ def json_key_request(obj: dict[str, Any]) -> KeyRequest:
         for item in raw_outputs:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BadRequest("each requested output needs a string 'name'")
-            pairs.append((item["name"], _params(item.get("parameters"), "output")))
+            pairs.append((item["name"], parameters(item.get("parameters"), "output")))
         outputs = tuple(pairs)
-    return KeyRequest(tuple(inputs), outputs, _params(obj.get("parameters"), "request"))
+    return KeyRequest(inputs, outputs, parameters(obj.get("parameters"), "request"))
+
+
+def json_key_request(obj: dict[str, Any]) -> KeyRequest:
+    return key_request(obj)
 
 
 def request_id_of(obj: dict[str, Any]) -> str | None:

@@ -30,6 +30,7 @@ class UpOptions:
     models: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001  # the balancer's gRPC port (0: none)
     policy: str = "affinity"
     redis_url: str | None = None
     cache_size: int = 256 << 20
@@ -47,6 +48,7 @@ class Cluster:
         self.options = options
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.worker_urls: list[str] = []
+        self.grpc_endpoint: str | None = None
 
     def spawn(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
         """Start ``affinity <args>`` as a child this cluster stops."""
@@ -68,14 +70,16 @@ class Cluster:
 
     def start(self, models: Path) -> str:
         o = self.options
-        if o.port:
-            check_port_free(o.host, o.port)
+        for wanted in (o.port, o.grpc_port):
+            if wanted:
+                check_port_free(o.host, wanted)
         cores = os.cpu_count() or 1
         threads = max(1, cores // o.workers)
         urls = []
         for _ in range(o.workers):
-            port = free_port(o.host)
+            port, grpc_port = free_port(o.host), free_port(o.host)
             worker_args = ["worker", "--models", str(models), "--host", o.host, "--port", str(port)]
+            worker_args += ["--grpc-port", str(grpc_port)]
             worker_args += ["--worker-id", f"{o.host}:{port}", "--threads", str(threads), "--log-level", o.log_level]
             proc = self.spawn("worker", worker_args)
             urls.append((f"http://{o.host}:{port}", proc))
@@ -84,12 +88,14 @@ class Cluster:
         self.worker_urls = [u for u, _ in urls]
         port = o.port or free_port(o.host)
         balancer_args = ["balancer", "--workers", ",".join(u for u, _ in urls), "--host", o.host, "--port", str(port)]
+        balancer_args += ["--grpc-port", str(o.grpc_port)]
         balancer_args += ["--policy", o.policy, "--cache-size", str(o.cache_size), "--log-level", o.log_level]
         if o.redis_url:
             balancer_args += ["--redis-url", o.redis_url]
         proc = self.spawn("balancer", balancer_args)
         endpoint = f"http://{o.host}:{port}"
         wait_ready(endpoint + "/v2/health/ready", proc)
+        self.grpc_endpoint = f"{o.host}:{o.grpc_port}" if o.grpc_port else None
         return endpoint
 
     def stop(self) -> None:
@@ -113,7 +119,7 @@ class Cluster:
                 models = self._models_dir(stack)
                 stack.callback(self.stop)  # runs before the demo zoo's temp dir is removed
                 endpoint = self.start(models)
-                print(banner(endpoint, models, self.options.workers), flush=True)
+                print(banner(endpoint, models, self.options.workers, self.grpc_endpoint), flush=True)
                 while True:
                     for role, proc in self.procs:
                         if proc.poll() is not None:
@@ -161,9 +167,10 @@ def verified_example(endpoint: str, models: Path) -> tuple[str, bytes] | None:
     return None
 
 
-def banner(endpoint: str, models: Path, workers: int) -> str:
+def banner(endpoint: str, models: Path, workers: int, grpc: str | None = None) -> str:
     lines = [
         f"affinity-serve is up: {endpoint}  ({workers} workers, models from {models})",
+        *([f"  grpc:    {grpc}  (V2 GRPCInferenceService)"] if grpc else []),
         f"  models:  curl -s -X POST {endpoint}/v2/repository/index",
     ]
     example = verified_example(endpoint, models)

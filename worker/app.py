@@ -1,19 +1,23 @@
 """The worker process: its service, its fronts, started and stopped as one.
 
 ``Worker.start`` builds the service (it needs the running loop) and opens the
-REST listener; ``begin_drain`` reports not-ready; ``stop`` closes the listener,
+REST listener and the gRPC one (``--grpc-port``, 0: none); ``begin_drain``
+reports not-ready (gRPC health: NOT_SERVING); ``stop`` closes the listeners,
 lets accepted requests finish (bounded), then closes the service. The
 signal handling and drain sequence are ``common.lifecycle``'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.rest import render_error
 from worker.config import WorkerConfig
+from worker.grpc_front import WorkerServicer
 from worker.handlers import WorkerHandlers
 from worker.service import SERVER_NAME, WorkerService
 
@@ -26,7 +30,10 @@ class Worker:
         self.name = f"worker {config.identity}"
         self.service: WorkerService | None = None
         self.http: HttpServer | None = None
+        self.grpc: GrpcListener | None = None
         self.port = config.port
+        self.grpc_port: int | None = None
+        self._draining: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
@@ -35,22 +42,41 @@ class Worker:
         )
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
+            if self.config.grpc_port:
+                self.grpc = GrpcListener(WorkerServicer(service).handlers(), self.config.grpc_max_message)
+                self.grpc_port = service.grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port)
+                await self.grpc.set_serving()
         except OSError:
+            await self.http.shutdown(0)
             await service.close()
             raise
         service.ready = True
-        log.info("%s serving %s on http://%s:%d", self.name, self.config.models, self.config.host, self.port)
+        grpc_note = f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else ""
+        log.info(
+            "%s serving %s on http://%s:%d%s", self.name, self.config.models, self.config.host, self.port, grpc_note
+        )
 
     def begin_drain(self) -> None:
         if self.service is not None:
             self.service.ready = False
+        if self.grpc is not None and self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self.grpc.drain())
 
     async def stop(self) -> None:
         self.begin_drain()
-        if self.http is not None:
-            await self.http.shutdown(self.config.shutdown_timeout)
+        if self._draining is not None:
+            await self._draining
+        grace = self.config.shutdown_timeout
+        if self.grpc is not None:
+            await asyncio.gather(self.grpc.stop(grace), self._stop_http(grace))
+        else:
+            await self._stop_http(grace)
         if self.service is not None:
             await self.service.close()
+
+    async def _stop_http(self, grace: float) -> None:
+        if self.http is not None:
+            await self.http.shutdown(grace)
 
 
 def configure_torch() -> None:

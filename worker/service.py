@@ -34,7 +34,7 @@ from worker.runner import decode_and_check
 from worker.triton_config import triton_model_config
 
 SERVER_NAME = "affinity-serve-worker"
-EXTENSIONS = ("model_repository",)
+EXTENSIONS = ("model_repository", "binary_tensor_data")
 PLATFORM = "pytorch_safetensors"
 
 
@@ -74,6 +74,7 @@ class WorkerService:
         self.pool = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="infer")
         self.batcher = Batcher(self.pool, asyncio.get_running_loop(), config.max_elements, self.metrics.batch)
         self.ready = False
+        self.grpc_port: int | None = None  # set by the process once its gRPC listener is up
 
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         check_name(name)
@@ -109,7 +110,7 @@ class WorkerService:
     # metadata and health
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity)
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity, self.grpc_port)
 
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
         entry = self.resolve(name, version)
