@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from protocol.binary_codec import ENCODING_ONLY, parameters, raw_tensors
+from protocol.binary_codec import ENCODING_ONLY, OutputEncoding, output_encoding, parameters, raw_tensors
 from protocol.errors import BadRequest
 from protocol.json_body import loads_object
 from protocol.types import RawTensor
@@ -120,11 +120,12 @@ def request_id_of(obj: dict[str, Any]) -> str | None:
     return request_id
 
 
-def key_from_json_body(body: bytes, scope: KeyScope) -> tuple[str, str | None]:
-    """(key, request id) of a raw V2 JSON body: the whole derivation as one pure
-    function, so a large body's can run in another process."""
+def key_from_json_body(body: bytes, scope: KeyScope) -> tuple[str, str | None, OutputEncoding]:
+    """(key, request id, the answer's encoding) of a raw V2 JSON body: the whole
+    derivation as one pure function, so a large body's can run in another process."""
     obj = loads_object(body)
-    return typed_key(scope, json_key_request(obj)), request_id_of(obj)
+    encoding = output_encoding(obj.get("parameters"), obj.get("outputs"))
+    return typed_key(scope, json_key_request(obj)), request_id_of(obj), encoding
 
 
 class KeyMemo:
@@ -135,7 +136,8 @@ class KeyMemo:
     are remembered by their bytes; larger ones by a 128-bit blake2b digest of
     their bytes (``ref``, which callers may compute off the event loop: hashlib
     releases the GIL on large buffers). Only bodies without an ``"id"`` member
-    text are remembered (an id must be read to be echoed). The memo forgets
+    text are remembered (an id must be read to be echoed), and none that names
+    a binary encoding choice (the answer's form must be read). The memo forgets
     everything when it reaches ``max_entries`` (a bound, not a policy).
     """
 
@@ -146,7 +148,7 @@ class KeyMemo:
 
     @staticmethod
     def eligible(body: bytes) -> bool:
-        return b'"id"' not in body
+        return b'"id"' not in body and b"binary_data" not in body
 
     def ref(self, body: bytes) -> bytes:
         if len(body) <= self.inline_body:

@@ -34,6 +34,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--workers", "comma-separated worker URLs (http://host:port,...)", required=True)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8000)
+    f.add("--grpc-port", "gRPC port (0: no gRPC front)", type=int, default=8001)
+    f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--policy", "routing policy: affinity (bounded load) or consistent", default="affinity")
     f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
     f.add("--redis-url", "Redis URL for the shared cache layer (redis+cluster://host:port for a cluster)")

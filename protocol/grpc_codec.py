@@ -7,13 +7,11 @@ always go out as ``raw_output_contents``, as Triton answers.
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
-
 from protocol.arrays import array_from_raw, raw_from_array
-from protocol.errors import BadRequest
 from protocol.grpc_messages import (
     parameters_from_proto,
     parameters_to_proto,
+    parse_request,
     request_inputs,
     requested_outputs,
     response_from_proto,
@@ -21,13 +19,6 @@ from protocol.grpc_messages import (
 from protocol.grpc_service import inference_pb2 as pb
 from protocol.packing import DEFAULT_MAX_ELEMENTS
 from protocol.types import InferRequest, InferResponse, RawTensor, RequestedOutput, Tensor
-
-
-def parse_request(payload: bytes) -> pb.ModelInferRequest:
-    try:
-        return pb.ModelInferRequest.FromString(payload)
-    except DecodeError:
-        raise BadRequest("malformed ModelInferRequest") from None
 
 
 def _tensor(raw: RawTensor) -> Tensor:

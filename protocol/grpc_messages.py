@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from protocol.binary_codec import (
     ENCODING_ONLY,
     MAX_RANK,
@@ -100,6 +102,13 @@ def pack_contents(datatype: str, contents: Any, count: int, name: str) -> bytes:
     if datatype == "BYTES":
         return pack_bytes_elements(list(values))
     return pack(datatype, list(values), name)
+
+
+def parse_request(payload: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(payload)
+    except DecodeError:
+        raise BadRequest("malformed ModelInferRequest") from None
 
 
 def raw_tensors(tensors: Any, raws: Any, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[RawTensor, ...]:
