@@ -109,19 +109,29 @@ def test_the_rendering_follows_the_request() -> None:
     assert derive_key(InferCall("m", None, b"", "", encoding="grpc", message=msg), SCOPE)[2] == GRPC_RENDERING
 
 
+def _one(datatype: str, shape: list[int], size: Any, extra: str = "") -> bytes:
+    params = '"parameters":{"binary_data_size":%s}' % (size if isinstance(size, int) else f'"{size}"')
+    return b'{"inputs":[{"name":"x","datatype":"%s","shape":%s,%s%s}]}' % (
+        datatype.encode(),
+        str(shape).replace(" ", "").encode(),
+        extra.encode(),
+        params.encode(),
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "length", "words"),
     [
         (b'{"inputs":[]}', 99, "body has"),
-        (b'{"inputs":[{"name":"x","datatype":"INT32","shape":[2],"parameters":{"binary_data_size":8}}]}' + bytes(9), 0, "belong to no tensor"),
-        (b'{"inputs":[{"name":"x","datatype":"INT32","shape":[2],"parameters":{"binary_data_size":8}}]}' + bytes(7), 0, "runs past"),
-        (b'{"inputs":[{"name":"x","datatype":"INT32","shape":[3],"parameters":{"binary_data_size":8}}]}' + bytes(8), 0, "needs 12"),
-        (b'{"inputs":[{"name":"x","datatype":"INT32","shape":[2],"parameters":{"binary_data_size":"8"}}]}' + bytes(8), 0, "non-negative"),
-        (b'{"inputs":[{"name":"x","datatype":"BYTES","shape":[1],"parameters":{"binary_data_size":6}}]}' + struct.pack("<I", 9) + b"ab", 0, "runs past its data"),
-        (b'{"inputs":[{"name":"x","datatype":"BYTES","shape":[2],"parameters":{"binary_data_size":6}}]}' + struct.pack("<I", 2) + b"ab", 0, "needs 2"),
-        (b'{"inputs":[{"name":"x","datatype":"INT32","shape":[2],"data":[1,2],"parameters":{"binary_data_size":8}}]}' + bytes(8), 0, "both"),
+        (_one("INT32", [2], 8) + bytes(9), 0, "belong to no tensor"),
+        (_one("INT32", [2], 8) + bytes(7), 0, "runs past"),
+        (_one("INT32", [3], 8) + bytes(8), 0, "needs 12"),
+        (_one("INT32", [2], "8") + bytes(8), 0, "non-negative"),
+        (_one("BYTES", [1], 6) + struct.pack("<I", 9) + b"ab", 0, "runs past its data"),
+        (_one("BYTES", [2], 6) + struct.pack("<I", 2) + b"ab", 0, "needs 2"),
+        (_one("INT32", [2], 8, '"data":[1,2],') + bytes(8), 0, "both"),
     ],
-)  # fmt: skip
+)
 def test_binary_lengths_that_lie_are_refused_on_both_sides(body: bytes, length: int, words: str) -> None:
     length = length or body.index(b"}]}") + 3
     header, binary = (None, None)
