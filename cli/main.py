@@ -100,10 +100,16 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
     f = Flags(p, "bench")
-    p.add_argument("scenario", choices=["overhead"], help="overhead: balancer vs nginx vs direct, one run")
-    f.add("--duration", "seconds per row", type=float, default=8.0)
-    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
+    p.add_argument(
+        "scenario",
+        choices=["overhead", "protocols"],
+        help="overhead: balancer vs nginx vs direct; protocols: REST JSON vs REST binary vs gRPC under open-loop load",
+    )
+    f.add("--duration", "seconds per row (overhead) or per rate (protocols)", type=float, default=8.0)
+    f.add("--connections", "overhead: concurrent keep-alive connections", type=int, default=32)
+    f.add("--models", "overhead: model repository (default: a small generated zoo)", type=Path)
+    f.add("--warmup", "protocols: seconds of load before each rate is measured", type=float, default=1.0)
+    f.add("--max-outstanding", "protocols: requests in flight at most (more are dropped)", type=int, default=64)
     p.set_defaults(run=_run_bench)
 
 
@@ -149,6 +155,10 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "protocols":
+        from cli.bench_protocols import run_protocols
+
+        return run_protocols(args.duration, args.warmup, args.max_outstanding)
     from cli.bench import run_overhead
 
     return run_overhead(args.duration, args.connections, args.models)
