@@ -170,8 +170,9 @@ class CacheRules:
                 stripped = binary_codec.strip_binary_id(body, header_length, plan.request_id)
                 canonical = (stripped[0], BINARY, stripped[1])
             elif content_type.startswith(GRPC_CONTENT_TYPE):
-                stripped = (grpc_messages.strip_proto_id(body)[0], 0)
-                raw = grpc_messages.response_from_proto(grpc_messages.pb.ModelInferResponse.FromString(stripped[0]))
+                msg = grpc_messages.pb.ModelInferResponse.FromString(body)
+                stripped = (grpc_messages.strip_proto_id(body, msg)[0], 0)
+                raw = grpc_messages.response_from_proto(msg)
                 binary, length = binary_codec.render_binary(raw, binary_codec.BINARY_OUTPUTS)
                 canonical = (binary, BINARY, length)
             else:
@@ -208,10 +209,13 @@ def derive_key(call: InferCall, scope: KeyScope) -> tuple[str, str | None, Rende
         header, binary = binary_codec.split(call.body, call.header_length)
         rendering = Rendering("rest", binary_codec.output_encoding(header.get("parameters"), header.get("outputs")))
         return typed_key(scope, key_request(header, binary)), request_id_of(header), rendering
-    msg = call.message
+    msg = call.message if call.message is not None else grpc_messages.parse_request(call.body)
     content = KeyRequest(
         grpc_messages.request_inputs(msg),
         grpc_messages.requested_outputs(msg),
         grpc_messages.parameters_from_proto(msg.parameters),
     )
     return typed_key(scope, content), msg.id or None, GRPC_RENDERING
+
+
+LARGE_MESSAGE = LARGE_BODY  # a gRPC message past this is parsed off the event loop, with its key

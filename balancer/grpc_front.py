@@ -17,12 +17,13 @@ from typing import Any
 import grpc
 import orjson
 
+from balancer.caching import LARGE_MESSAGE
 from balancer.plan import Answer, InferCall
 from balancer.renderings import GRPC_CONTENT_TYPE
 from balancer.service import BalancerService
 from common.grpc_server import unary
 from protocol.errors import BadRequest, error_for_status
-from protocol.grpc_messages import parse_request
+from protocol.grpc_messages import infer_target, parse_request
 from protocol.grpc_service import inference_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no types)
@@ -59,14 +60,20 @@ class BalancerServicer:
         }
 
     async def model_infer(self, request: bytes, context: Context) -> bytes:
-        msg = parse_request(request)
-        if not msg.model_name:
+        # A large message is parsed off the event loop, with its key; a small one here.
+        if len(request) > LARGE_MESSAGE:
+            msg = None
+            model, version = infer_target(request)
+        else:
+            msg = parse_request(request)
+            model, version = msg.model_name, msg.model_version
+        if not model:
             raise BadRequest("'model_name' is required")
         metadata = dict(context.invocation_metadata() or ())
         cache_control = metadata.get("cache-control")
         call = InferCall(
-            msg.model_name,
-            msg.model_version or None,
+            model,
+            version or None,
             request,
             GRPC_CONTENT_TYPE,
             cache_control if isinstance(cache_control, str) else None,

@@ -68,8 +68,14 @@ def _answer_params(params: dict[str, Any] | None) -> dict[str, Any] | None:
     return kept or None
 
 
-def _frame(parts: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+def _hash_framed(parts: list[bytes]) -> str:
+    """blake2b over the parts, each preceded by its length (fed piece by piece:
+    a megabyte tensor is hashed where it lies, never copied into one buffer)."""
+    digest = blake2b(digest_size=16, person=_PERSON)
+    for part in parts:
+        digest.update(struct.pack("<Q", len(part)))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def typed_key(scope: KeyScope, request: KeyRequest) -> str:
@@ -85,7 +91,7 @@ def typed_key(scope: KeyScope, request: KeyRequest) -> str:
     fields = [scope.namespace.encode(), scope.model.encode(), scope.version.encode(), scope.weights.encode()]
     fields.append(orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
     fields.extend(t.data for t in inputs)
-    digest = blake2b(_frame(fields), digest_size=16, person=_PERSON).hexdigest()
+    digest = _hash_framed(fields)
     return f"{KEY_PREFIX}{scope.model}:{{{digest}}}"  # the digest is the Redis Cluster hash tag
 
 

@@ -35,7 +35,7 @@ from cli.up import Cluster, UpOptions, free_port
 
 PROTOCOLS = ("rest-json", "rest-binary", "grpc")
 SIZES = {"1 KiB": ("identity-1k", 256), "1 MiB": ("identity-1m", 262144)}
-RATES = {"1 KiB": (250.0, 500.0, 1000.0, 2000.0), "1 MiB": (10.0, 20.0, 40.0, 80.0, 160.0, 320.0)}
+RATES = {"1 KiB": (250.0, 500.0, 1000.0, 2000.0, 4000.0), "1 MiB": (10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)}
 GOALS = (
     ("1 MiB", "rest-binary", "rest-json", 3.0),
     ("1 MiB", "grpc", "rest-binary", 1.0),

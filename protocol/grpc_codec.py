@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from protocol.arrays import array_from_raw, raw_from_array
 from protocol.grpc_messages import (
+    RAW_OUTPUT_CONTENTS,
     parameters_from_proto,
     parameters_to_proto,
     parse_request,
     request_inputs,
     requested_outputs,
     response_from_proto,
+    with_raw_contents,
 )
 from protocol.grpc_service import inference_pb2 as pb
 from protocol.packing import DEFAULT_MAX_ELEMENTS
@@ -54,7 +56,11 @@ def response_message(response: InferResponse) -> pb.ModelInferResponse:
 
 
 def encode_grpc_response(response: InferResponse) -> bytes:
-    return response_message(response).SerializeToString(deterministic=True)
+    """The serialised answer, raw contents appended in one join (no protobuf copies)."""
+    msg = response_message(response)
+    contents = list(msg.raw_output_contents)
+    del msg.raw_output_contents[:]
+    return with_raw_contents(msg.SerializeToString(deterministic=True), RAW_OUTPUT_CONTENTS, contents)
 
 
 def request_message(request: InferRequest, model: str, version: str = "") -> pb.ModelInferRequest:

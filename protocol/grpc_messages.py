@@ -175,7 +175,13 @@ def response_to_proto(resp: RawResponse) -> pb.ModelInferResponse:
 
 
 def render_proto(resp: RawResponse) -> bytes:
-    return response_to_proto(resp).SerializeToString(deterministic=True)
+    """The serialised answer: its metadata, then each output's raw contents as
+    field 6, joined once (protobuf would copy each tensor twice more)."""
+    msg = response_to_proto(resp)
+    del msg.raw_output_contents[:]
+    return with_raw_contents(
+        msg.SerializeToString(deterministic=True), RAW_OUTPUT_CONTENTS, [t.data for t in resp.outputs]
+    )
 
 
 def typed_values(tensor: RawTensor) -> list[Any]:
@@ -197,6 +203,20 @@ def length_delimited(field: int, data: bytes) -> bytes:
     return _varint(field << 3 | 2) + _varint(len(data)) + data
 
 
+RAW_INPUT_CONTENTS = 7
+RAW_OUTPUT_CONTENTS = 6
+
+
+def with_raw_contents(head: bytes, field: int, contents: list[bytes]) -> bytes:
+    """A serialised message followed by raw contents fields, in one join: appending
+    fields to serialised bytes is what protobuf's own merge semantics allow."""
+    tag = _varint(field << 3 | 2)
+    parts = [head]
+    for data in contents:
+        parts += (tag, _varint(len(data)), data)
+    return b"".join(parts)
+
+
 def splice_proto_id(body: bytes, request_id: str | None) -> bytes:
     """An id-free serialised ``ModelInferResponse`` with the request's id (field 3)."""
     if not request_id:
@@ -204,14 +224,16 @@ def splice_proto_id(body: bytes, request_id: str | None) -> bytes:
     return body + length_delimited(3, request_id.encode())
 
 
-def strip_proto_id(body: bytes) -> tuple[bytes, str | None]:
-    """A serialised answer without its id, and the id it had."""
-    msg = pb.ModelInferResponse.FromString(body)
+def strip_proto_id(body: bytes, parsed: pb.ModelInferResponse | None = None) -> tuple[bytes, str | None]:
+    """A serialised answer without its id, and the id it had (``parsed``: the body, parsed)."""
+    msg = parsed if parsed is not None else pb.ModelInferResponse.FromString(body)
     request_id = msg.id or None
     if request_id is None:
         return body, None
-    msg.ClearField("id")
-    return msg.SerializeToString(deterministic=True), request_id
+    copy = pb.ModelInferResponse()
+    copy.CopyFrom(msg)
+    copy.ClearField("id")
+    return copy.SerializeToString(deterministic=True), request_id
 
 
 def _read_varint(body: bytes, at: int) -> tuple[int, int]:

@@ -111,6 +111,22 @@ def test_one_cached_answer_serves_every_encoding(
     assert grpc_infer(target, model, req).raw == hits[1].raw
 
 
+def test_large_tensors_are_keyed_off_the_loop_and_shared_across_encodings(
+    wire_cluster: tuple[list[Server], Server],
+) -> None:
+    """Past the large-body bound, each encoding's key is derived off the event loop
+    (a process for JSON, a thread for binary and gRPC): still one key."""
+    _, balancer = wire_cluster
+    assert balancer.grpc is not None
+    data = np.random.default_rng(5).standard_normal((1, 100_000)).astype(np.float32)
+    req = InferRequest([Tensor("input", "FP32", data.shape, data)], id="big")
+    first = grpc_infer(balancer.grpc, "identity-wide", req)
+    assert first.cache == "miss" and np.array_equal(_outputs(first)["output"], data)
+    assert first.response.id == "big"
+    for again in (rest_binary(balancer.url, "identity-wide", req), rest_json(balancer.url, "identity-wide", req)):
+        assert again.cache == "hit" and np.array_equal(_outputs(again)["output"], data)
+
+
 def test_the_request_id_is_echoed_in_every_encoding(wire_cluster: tuple[list[Server], Server]) -> None:
     _, balancer = wire_cluster
     assert balancer.grpc is not None
