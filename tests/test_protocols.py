@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -228,3 +229,48 @@ def test_a_worker_killed_during_a_grpc_burst_loses_no_call(wire_zoo: Path, logdi
         assert not victim.proc.alive()
         assert served[:20].count(owner) == 20, "the burst went to the model's owner until it died"
         assert owner not in served[28:], "after the kill, the survivors answered"
+
+
+def test_the_balancers_grpc_tries_map_to_the_routers_outcomes(wire_cluster: tuple[list[Server], Server]) -> None:
+    """An answer, a worker's own error (its REST status, from the trailing metadata),
+    a try that reaches its deadline (a peer that never answers) and a worker that is
+    not there, as the router sees them."""
+    from balancer.errors import UpstreamError
+    from balancer.grpc_client import GrpcUpstream
+    from tests.harness import free_port
+
+    workers, _ = wire_cluster
+    target = workers[0].grpc
+    good = request_message(identity_request("INT16", seed=8), "identity-int16").SerializeToString()
+    missing = request_message(identity_request("INT16", seed=8), "no-such-model").SerializeToString()
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+
+    async def main() -> list[object]:
+        client = GrpcUpstream(4 << 20)
+        outcomes: list[object] = []
+        try:
+            for body, where, timeout in (
+                (good, target, 30.0),
+                (missing, target, 30.0),
+                (good, f"127.0.0.1:{silent.getsockname()[1]}", 0.5),
+                (good, f"127.0.0.1:{free_port()}", 30.0),
+            ):
+                try:
+                    outcomes.append(await client.infer(where, body, timeout))
+                except UpstreamError as exc:
+                    outcomes.append(exc.kind)
+        finally:
+            await client.close()
+        return outcomes
+
+    try:
+        answer, not_found, late, absent = asyncio.run(main())
+    finally:
+        silent.close()
+    assert answer.status == 200 and answer.headers["X-Model-Source"] in ("cpu", "disk")  # type: ignore[attr-defined]
+    assert not_found.status == 404 and b"no-such-model" in not_found.body  # type: ignore[attr-defined]
+    assert late == "timeout"
+    assert absent in ("connect", "reset")
