@@ -31,6 +31,7 @@ from cache.response_cache import ResponseCache
 from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
+from common.loop_lag import LoopLag
 from common.rest import render_error
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,10 @@ class Balancer:
     def __init__(self, config: BalancerConfig, transport: Transport | None = None) -> None:
         self.config = config
         self.transport: Transport = transport or HttpClient(
-            config.upstream_connections, config.connect_timeout, config.try_timeout
+            config.upstream_connections,
+            config.connect_timeout,
+            config.try_timeout,
+            max_answer=config.max_upstream_answer,
         )
         self.discovery = StaticDiscovery(config.workers, self.transport)
         members = Members()
@@ -63,15 +67,17 @@ class Balancer:
             metrics=metrics,
             grpc=self.grpc_upstream,
         )
-        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, max_body=config.max_body_size)
+        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, config.http_limits())
         self.grpc: GrpcListener | None = None
         if config.grpc_port:
             self.grpc = GrpcListener(BalancerServicer(self.service).handlers(), config.grpc_max_message)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
         self.grpc_port: int | None = None
 
     async def start(self) -> None:
+        await self.service.rules.start()
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
             if self.grpc is not None:
@@ -79,11 +85,13 @@ class Balancer:
                 await self.grpc.set_serving()
         except OSError:
             await self.http.shutdown(0)
+            await self.service.rules.close()
             await self.transport.close()
             await self.service.cache.close()
             raise
-        task = asyncio.get_running_loop().create_task(self._refresh())
-        self._tasks.add(task)
+        loop = asyncio.get_running_loop()
+        self._tasks.add(loop.create_task(self._refresh()))
+        self._tasks.add(loop.create_task(self.loop_lag.run()))
         log.info(
             "balancer on http://%s:%d%s routing to %d workers (policy %s, cache %s)",
             self.config.host, self.port, f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "",
@@ -122,7 +130,7 @@ class Balancer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flights.cancel_all()
-        self.service.rules.close()
+        await self.service.rules.close()
         await self.service.cache.close()
         await self.transport.close()
         if self.grpc_upstream is not None:

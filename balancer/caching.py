@@ -12,7 +12,8 @@
 - rendering: how the request wants its answer (``balancer.renderings``);
 - large bodies never stall the event loop: above ``large_body`` bytes the
   memo's digest is taken in a thread (hashlib releases the GIL) and the key is
-  derived in a separate process, so cache hits keep flowing meanwhile;
+  derived in a separate process (``cache.key_process``), so cache hits keep
+  flowing meanwhile;
 - large binary and gRPC requests are keyed in a thread (hashing raw bytes
   releases the GIL; there is no JSON to parse);
 - store rule: a 200 answer (JSON, binary extension, or protobuf kept in the
@@ -23,21 +24,24 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import logging
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import orjson
 
 from balancer.index import ModelInfo
 from balancer.plan import InferCall, RequestPlan
-from balancer.renderings import GRPC_CONTENT_TYPE, GRPC_RENDERING, JSON_RENDERING, Rendering
+from balancer.renderings import GRPC_CONTENT_TYPE, GRPC_RENDERING, Rendering
 from cache.entry import BINARY, CachedAnswer
-from cache.keys import KeyMemo, KeyRequest, KeyScope, key_from_json_body, key_request, request_id_of, typed_key
+from cache.key_process import KeyProcess
+from cache.keys import KeyMemo, KeyRequest, KeyScope, key_request, request_id_of, typed_key
 from cache.response_cache import ResponseCache
 from protocol import binary_codec, grpc_messages
 from protocol.errors import ProtocolError
 from protocol.json_body import loads_object, strip_id
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 LARGE_BODY = 128 << 10
@@ -66,14 +70,14 @@ class CacheRules:
         self.large_body = large_body
         self._on_store = on_store  # "stored" or a reason from SKIP_REASONS
         self._threads: Executor | None = None
-        self._processes: Executor | None = None
+        self.key_process = KeyProcess()
 
     def memo_hit(self, info: ModelInfo, version: str, call: InferCall) -> CachedAnswer | None:
         """A repeated small JSON payload's answer, found by its raw bytes (no parsing)."""
         if call.cache_control is not None or len(call.body) > self.large_body or call.encoding != "json":
             return None
         scope = info.scope(version)
-        if scope is None or not self.memo.eligible(call.body):
+        if scope is None:
             return None
         key = self.memo.get(scope, self.memo.ref(call.body))
         return self.cache.get_local(key) if key is not None else None
@@ -96,7 +100,7 @@ class CacheRules:
             request_id = request_id_of(obj)
             key = typed_key(scope, key_request(obj))
             rendering = Rendering("rest", binary_codec.output_encoding(obj.get("parameters"), obj.get("outputs")))
-            if request_id is None and self.memo.eligible(call.body):
+            if request_id is None and not rendering.outputs.any_binary:  # the memo's answers are plain JSON
                 self.memo.put(scope, self.memo.ref(call.body), key)
         else:
             key, request_id, rendering = derive_key(call, scope)
@@ -119,36 +123,28 @@ class CacheRules:
                 info.name, version, derived_key, derived_id, lookup, store, started, info.cache_ttl, derived_as
             )
         body = call.body
-        ref = None
-        key = None
-        rendering = JSON_RENDERING
-        if self.memo.eligible(body):
-            ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
-            key = self.memo.get(scope, ref)
+        ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
+        key = self.memo.get(scope, ref)
         request_id = None
+        rendering = Rendering()  # a remembered body asked for plain JSON
         if key is None:
-            derived, request_id, encoding = await loop.run_in_executor(
-                self._process_pool(), key_from_json_body, body, scope
-            )
+            derived, request_id, encoding = await self.key_process.derive(body, scope)
             rendering = Rendering("rest", encoding)
-            if ref is not None and request_id is None:
+            if request_id is None and not encoding.any_binary:
                 self.memo.put(scope, ref, derived)
             key = derived
         if not store:
             self._on_store("no_store")
         return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl, rendering)
 
+    async def start(self) -> None:
+        """Start the key process before the balancer reports ready."""
+        await self.key_process.start()
+
     def _thread_pool(self) -> Executor:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(2, thread_name_prefix="digest")
         return self._threads
-
-    def _process_pool(self) -> Executor:
-        # A process of its own: JSON parsing holds the GIL, so a thread would still
-        # stall the loop. Spawned, not forked (the parent runs threads and a loop).
-        if self._processes is None:
-            self._processes = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return self._processes
 
     def keep(
         self, plan: RequestPlan, status: int, content_type: str, body: bytes, worker: str, header_length: int = 0
@@ -195,10 +191,10 @@ class CacheRules:
             self.cache.release(plan.key)  # waiting balancers go upstream themselves
         return stripped
 
-    def close(self) -> None:
-        for pool in (self._threads, self._processes):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        await self.key_process.close()
 
 
 def derive_key(call: InferCall, scope: KeyScope) -> tuple[str, str | None, Rendering]:

@@ -20,7 +20,7 @@ BINARY_HEADER = binary_codec.HEADER_KEY
 
 
 def render(answer: Answer) -> Response:
-    if answer.hit_headers:
+    if answer.hit_headers is not None:
         return Response(answer.status, answer.body, None, None, answer.hit_headers)
     return Response(answer.status, answer.body, answer.content_type, answer.headers)
 

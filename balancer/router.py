@@ -18,7 +18,7 @@ from balancer.members import Members
 from balancer.metrics import BalancerMetrics
 from balancer.policy import RoutingPolicy
 from balancer.transport import Transport, UpstreamResponse
-from protocol.errors import UpstreamUnavailable
+from protocol.errors import AnswerTooLarge, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class Router:
                 resp = await attempt(worker)
                 failure = f"status {resp.status}" if resp.status in RETRYABLE_STATUS else ""
             except UpstreamError as exc:
+                if exc.kind == "too_large":  # the model's answer, not the worker's health: no retry
+                    raise AnswerTooLarge("the model's answer is over the balancer's --max-upstream-answer") from None
                 resp, failure = None, exc.kind
             finally:
                 members.end(worker)

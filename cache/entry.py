@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from common.http_message import HeaderBlock
 from protocol.binary_codec import CONTENT_TYPE as BINARY
 from protocol.binary_codec import response_from_binary
 from protocol.errors import ProtocolError
@@ -50,8 +51,8 @@ class CachedAnswer:
     content_type: str = JSON
     expires: float = float("inf")  # time.monotonic() deadline in this process
     header_length: int = 0  # a binary body's JSON header length (0: a JSON body)
-    # The hit's response headers, encoded once when the entry is made.
-    hit_headers: bytes = field(init=False, repr=False, compare=False)
+    # The hit's response headers, encoded and checked once when the entry is made.
+    hit_headers: HeaderBlock = field(init=False, repr=False, compare=False)
     # Renderings in other encodings, id-free, made on first use (in-process only).
     renderings: dict[Any, tuple[bytes, int]] = field(init=False, repr=False, compare=False)
 
@@ -60,8 +61,8 @@ class CachedAnswer:
             raise InvalidEntry("an answer's headers must be plain header values")
         if (self.content_type == BINARY) != (0 < self.header_length <= len(self.body)):
             raise InvalidEntry("a binary answer needs its header length, a JSON one none")
-        block = f"Content-Type: {self.content_type}\r\nX-Cache: hit\r\nX-Served-By: {self.served_by}\r\n"
-        object.__setattr__(self, "hit_headers", block.encode("ascii"))
+        block = HeaderBlock({"Content-Type": self.content_type, "X-Cache": "hit", "X-Served-By": self.served_by})
+        object.__setattr__(self, "hit_headers", block)
         object.__setattr__(self, "renderings", {})
 
     @property

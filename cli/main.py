@@ -11,6 +11,14 @@ from cli.flags import Flags, config_from, size
 from common import __version__
 
 
+def _http_flags(f: Flags) -> None:
+    """The HTTP server's limits, the same for both servers."""
+    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    f.add("--max-connections", "open client connections (past it: 503)", type=int, default=4096)
+    f.add("--max-buffered-body", "request bytes held by the process (0: max(256MiB, 4 bodies))", type=size, default="0")
+    f.add("--write-timeout", "seconds an answer may wait for a client that does not read", type=float, default=30.0)
+
+
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run one model server (V2 REST and gRPC)")
     f = Flags(p, "worker")
@@ -22,7 +30,7 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
     f.add("--max-loads", "model loads at once", type=int, default=1)
-    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--log-level", "log level", default="INFO")
     p.set_defaults(run=_run_worker)
@@ -55,7 +63,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--cache-max-entry", "largest answer stored", type=size, default="1MiB")
     f.add("--redis-timeout", "seconds for one Redis call (a slower one is a miss)", type=float, default=0.1)
     f.add("--redis-breaker-cooldown", "seconds Redis is left alone after repeated failures", type=float, default=30.0)
-    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    _http_flags(f)
+    f.add("--max-upstream-answer", "largest answer read from a worker", type=size, default="64MiB")
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)
     f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)
     f.add("--max-retries", "tries on further workers after a failed one", type=int, default=2)
@@ -102,12 +111,15 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     f = Flags(p, "bench")
     p.add_argument(
         "scenario",
-        choices=["overhead", "protocols"],
-        help="overhead: balancer vs nginx vs direct; protocols: REST JSON vs REST binary vs gRPC under open-loop load",
+        choices=["overhead", "cache", "protocols"],
+        help="overhead: balancer vs nginx vs direct; cache: hit and miss paths, large bodies, repeat rates; "
+        "protocols: REST JSON vs REST binary vs gRPC under open-loop load",
     )
-    f.add("--duration", "seconds per row (overhead) or per rate (protocols)", type=float, default=8.0)
-    f.add("--connections", "overhead: concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "overhead: model repository (default: a small generated zoo)", type=Path)
+    f.add("--duration", "seconds per row (per rate for protocols)", type=float, default=8.0)
+    f.add("--samples", "sequential requests per latency row (cache)", type=int, default=2000)
+    f.add("--out", "directory for reports and plots (cache)", type=Path)
+    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
+    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
     f.add("--warmup", "protocols: seconds of load before each rate is measured", type=float, default=1.0)
     f.add("--max-outstanding", "protocols: requests in flight at most (more are dropped)", type=int, default=64)
     p.set_defaults(run=_run_bench)
@@ -159,6 +171,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         from cli.bench_protocols import run_protocols
 
         return run_protocols(args.duration, args.warmup, args.max_outstanding)
+    if args.scenario == "cache":
+        from cli.bench_cache import run_cache
+
+        return run_cache(args.samples, args.duration, args.out)
     from cli.bench import run_overhead
 
     return run_overhead(args.duration, args.connections, args.models)

@@ -264,8 +264,6 @@ def test_an_entry_keeps_its_expiry_across_processes() -> None:
 def test_key_memo_remembers_bodies_without_ids() -> None:
     memo = KeyMemo(max_entries=3, inline_body=100)
     scope, other_version = KeyScope("m", "1", "w"), KeyScope("m", "2", "w")
-    assert memo.eligible(b'{"inputs":[]}')
-    assert not memo.eligible(b'{"id":"x","inputs":[]}')
     memo.put(scope, memo.ref(b"a"), "k1")
     assert memo.get(scope, memo.ref(b"a")) == "k1"
     assert memo.get(other_version, memo.ref(b"a")) is None, "the scope is part of the memo key"
@@ -278,3 +276,24 @@ def test_key_memo_remembers_bodies_without_ids() -> None:
         memo.put(scope, memo.ref(body), body.decode())
     remembered = [memo.get(scope, memo.ref(b)) for b in (b"a", big, b"b", b"c", b"d")]
     assert sum(r is not None for r in remembered) <= 3, "a bound, not a policy"
+
+
+def test_the_key_process_derives_the_same_key_as_this_process() -> None:
+    """A large body's key (derived in the key process) equals a small one's for the
+    same request: scope fields cross the pipe in their own order."""
+    import asyncio
+
+    from cache.key_process import KeyProcess
+
+    scope = KeyScope("m", "3", "w0", "tenant")
+    body = orjson.dumps(BASE)
+
+    async def main() -> tuple[str, str | None, object]:
+        keys = KeyProcess()
+        await keys.start()
+        try:
+            return await keys.derive(body, scope)
+        finally:
+            await keys.close()
+
+    assert asyncio.run(main()) == key_from_json_body(body, scope)

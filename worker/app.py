@@ -37,9 +37,8 @@ class Worker:
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
-        self.http = HttpServer(
-            WorkerHandlers(service).routes(), render_error, max_body=self.config.max_body_size, server_name=SERVER_NAME
-        )
+        limits = self.config.http_limits()
+        self.http = HttpServer(WorkerHandlers(service).routes(), render_error, limits, server_name=SERVER_NAME)
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
             if self.config.grpc_port:
