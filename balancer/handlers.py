@@ -15,6 +15,7 @@ from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
+from protocol.stats import stats_body
 
 BINARY_HEADER = binary_codec.HEADER_KEY
 
@@ -45,6 +46,7 @@ class BalancerHandlers:
                 model_config=self.model_config,
                 repository_index=self.repository_index,
                 metrics=self.metrics,
+                model_stats=self.model_stats,
             )
         )
 
@@ -85,6 +87,10 @@ class BalancerHandlers:
     async def model_config(self, request: Request) -> Response:
         match = request.match
         return json_response(await self.service.model_config(match["name"], match.get("version")))
+
+    async def model_stats(self, request: Request) -> Response:
+        match = request.match
+        return json_response(stats_body(await self.service.model_stats(match["name"], match.get("version"))))
 
     def server_metadata(self, request: Request) -> Response:
         return json_response(self.service.server_metadata().to_json())

@@ -26,6 +26,7 @@ import orjson
 
 from balancer.caching import CacheRules
 from balancer.config import BalancerConfig
+from balancer.errors import UpstreamError
 from balancer.grpc_client import GrpcUpstream
 from balancer.index import ModelIndex, ModelInfo
 from balancer.members import Members
@@ -49,10 +50,11 @@ from protocol.errors import (
 )
 from protocol.json_body import splice_id
 from protocol.names import check_name, check_version
+from protocol.stats import ModelStats, combine, parse_stats_body
 from protocol.types import ServerMetadata
 
 SERVER_NAME = "affinity-serve"
-EXTENSIONS = ("model_repository", "binary_tensor_data")
+EXTENSIONS = ("model_repository", "statistics", "binary_tensor_data")
 JSON = "application/json"
 
 Outcome = Answer | Awaitable[Answer]
@@ -245,10 +247,7 @@ class BalancerService:
         """Coalescing across balancers: when another balancer holds the key's lock,
         wait (bounded) for the answer it stores; None means go upstream ourselves."""
         assert plan.key is not None and self.cache.remote is not None
-        hold = self.config.cache_lock_timeout
-        if await self.cache.remote.claim(plan.key, hold):
-            return None
-        stored = await self.cache.wait_remote(plan.key, hold)
+        stored = await self.cache.claim_or_wait(plan.key, self.config.cache_lock_timeout)
         if stored is None:
             return None
         self.metrics.coalesced.labels("remote").value += 1
@@ -288,6 +287,26 @@ class BalancerService:
         if resp.status == 503:
             return False
         return bool(_json_or_raise(resp).get("ready", False))
+
+    async def model_stats(self, name: str, version: str | None) -> list[ModelStats]:
+        """Triton's statistics of the model, summed over every worker that answers
+        (a model served by several workers over time has counts on each)."""
+        await self._model(name, version)
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/stats"
+        transport = self.router.transport
+
+        async def ask(base: str) -> list[ModelStats] | None:
+            try:
+                resp = await transport.send(base, "GET", path)
+                return parse_stats_body(orjson.loads(resp.body)) if resp.status == 200 else None
+            except (UpstreamError, ValueError):  # unreachable, or not a statistics answer
+                return None
+
+        answers = await asyncio.gather(*(ask(a.http) for a in list(self.members.addresses.values())))
+        found = [a for a in answers if a is not None]
+        if not found:
+            raise UpstreamUnavailable("no worker answered with the model's statistics")
+        return combine(found)
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)

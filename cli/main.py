@@ -6,9 +6,29 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
-from cli.flags import Flags, config_from, size
+from cli.flags import Flags, amount, config_from, size
 from common import __version__
+from common.auth import ADMIN_TOKEN_ENV
+
+
+def _memory_flags(f: Flags, cpu: str | None, gpu: str | None) -> None:
+    """The memory tiers' flags, the same for ``worker`` and for ``up`` (which hands them to every
+    worker; its budget defaults are shares split between the workers)."""
+    f.add("--cpu-memory", "CPU tier budget: a size, or a share of RAM", type=amount, default=cpu)
+    f.add("--gpu-memory", "GPU tier budget: a size, or a share of the device's memory; 0: off", type=amount,
+          default=gpu)  # fmt: skip
+    f.add("--device", "GPU tier device: auto (CUDA when present), none, cuda[:N], stand-in (tests)", default="auto")
+    f.add("--eviction", "eviction policy: lru or gds (GreedyDual-Size: reload cost per byte, aged)", default="lru")
+    f.add("--disk-cache-dir", "directory for models downloaded from the remote store (default: a temp dir)", type=Path)
+    f.add("--disk-cache", "disk cache budget", type=size, default="10GiB")
+    f.add("--remote-store", "remote model store: s3://bucket/prefix or file:///dir")
+    f.add("--remote-endpoint", "S3-compatible endpoint URL (MinIO, ...); credentials from AWS_* as boto3 reads them")
+    f.add("--max-loads", "model loads at once", type=int, default=1)
+    f.add("--rescan-interval", "seconds between repository and store rescans (0: at start and on load)",
+          type=float, default=10.0)  # fmt: skip
+    f.add("--admin-token", "token for the repository load/unload and /admin routes", env=ADMIN_TOKEN_ENV, secret=True)
 
 
 def _http_flags(f: Flags) -> None:
@@ -22,14 +42,15 @@ def _http_flags(f: Flags) -> None:
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run one model server (V2 REST and gRPC)")
     f = Flags(p, "worker")
-    f.add("--models", "model repository directory (<root>/<name>/<version>/)", type=Path, required=True)
+    f.add("--models", "model repository directory (<root>/<name>/<version>/), read-only", type=Path)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8100)
     f.add("--grpc-port", "gRPC port (0: no gRPC)", type=int, default=8101)
     f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
-    f.add("--max-loads", "model loads at once", type=int, default=1)
+    _memory_flags(f, "50%", "80%")
+    f.add("--load-wait", "seconds a load waits for room held by models in use (then 503)", type=float, default=30.0)
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--log-level", "log level", default="INFO")
@@ -87,6 +108,7 @@ def _up_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--cache-size", "balancer in-process cache size", type=size, default="256MiB")
     f.add("--zoo-count", "models in a generated demo zoo", type=int, default=12)
     f.add("--zoo-max-size", "largest model in a generated demo zoo", type=size, default="16MiB")
+    _memory_flags(f, None, None)
     f.add("--log-level", "log level for every process", default="WARNING")
     p.set_defaults(run=_run_up)
 
@@ -106,25 +128,6 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
     make.set_defaults(run=_run_models_make)
 
 
-def _bench_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
-    f = Flags(p, "bench")
-    p.add_argument(
-        "scenario",
-        choices=["overhead", "cache", "protocols"],
-        help="overhead: balancer vs nginx vs direct; cache: hit and miss paths, large bodies, repeat rates; "
-        "protocols: REST JSON vs REST binary vs gRPC under open-loop load",
-    )
-    f.add("--duration", "seconds per row (per rate for protocols)", type=float, default=8.0)
-    f.add("--samples", "sequential requests per latency row (cache)", type=int, default=2000)
-    f.add("--out", "directory for reports and plots (cache)", type=Path)
-    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
-    f.add("--warmup", "protocols: seconds of load before each rate is measured", type=float, default=1.0)
-    f.add("--max-outstanding", "protocols: requests in flight at most (more are dropped)", type=int, default=64)
-    p.set_defaults(run=_run_bench)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinity", description="affinity-serve: model-affinity load balancing")
     parser.add_argument("--version", action="version", version=f"affinity-serve {__version__}")
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _balancer_parser(sub)
     _worker_parser(sub)
     _models_parser(sub)
-    _bench_parser(sub)
+    bench_cli.add_parser(sub)
     loadgen_cli.add_parser(sub)
     return parser
 
@@ -164,20 +167,6 @@ def _run_up(args: argparse.Namespace) -> int:
     from cli.up import Cluster, UpOptions
 
     return Cluster(config_from(UpOptions, args)).run()
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    if args.scenario == "protocols":
-        from cli.bench_protocols import run_protocols
-
-        return run_protocols(args.duration, args.warmup, args.max_outstanding)
-    if args.scenario == "cache":
-        from cli.bench_cache import run_cache
-
-        return run_cache(args.samples, args.duration, args.out)
-    from cli.bench import run_overhead
-
-    return run_overhead(args.duration, args.connections, args.models)
 
 
 def _run_models_make(args: argparse.Namespace) -> int:

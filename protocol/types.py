@@ -86,7 +86,8 @@ class IndexEntry:
     ``deterministic`` and ``cacheable`` tell the balancer whether answers may be
     cached, ``cache_ttl`` for how long (None: the balancer's default), ``sha256``
     names the version's weights (cache keys bind it); ``state`` is READY,
-    LOADING or UNAVAILABLE.
+    LOADING or UNAVAILABLE; ``tier`` is where the version is now on the worker
+    that answers: gpu or cpu (resident), disk or remote (waiting to be paged in).
     """
 
     name: str
@@ -98,6 +99,7 @@ class IndexEntry:
     resident: bool = False
     sha256: str = ""
     cache_ttl: float | None = None
+    tier: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +112,7 @@ class IndexEntry:
             "resident": self.resident,
             "sha256": self.sha256,
             "cache_ttl": self.cache_ttl,
+            "tier": self.tier,
         }
 
     @classmethod
@@ -124,6 +127,7 @@ class IndexEntry:
             resident=bool(raw.get("resident", False)),
             sha256=str(raw.get("sha256", "")),
             cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
+            tier=str(raw.get("tier", "")),
         )
 
 

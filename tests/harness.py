@@ -141,10 +141,11 @@ class Server:
         return self
 
 
-def start_worker(models: Path, logdir: Path, *extra: str) -> Server:
+def start_worker(models: Path | None, logdir: Path, *extra: str) -> Server:
+    """A worker on free ports (``models`` None: no local repository, a remote store in ``extra``)."""
     port, grpc_port = free_port(), free_port()
-    args = affinity("worker", "--models", str(models), "--port", str(port), "--grpc-port", str(grpc_port))
-    args += ["--threads", "1", *extra]
+    local = ("--models", str(models)) if models is not None else ()
+    args = affinity("worker", *local, "--port", str(port), "--grpc-port", str(grpc_port), "--threads", "1", *extra)
     proc = Proc(f"worker-{port}", args, logdir / f"worker-{port}.log").start()
     return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
@@ -209,10 +210,10 @@ class RedisServer:
 
 @contextlib.contextmanager
 def private_cluster(
-    models: Path, logdir: Path, workers: int = 2, *balancer_args: str
+    models: Path, logdir: Path, workers: int = 2, *balancer_args: str, worker_args: tuple[str, ...] = ()
 ) -> Iterator[tuple[list[Server], Server]]:
     """Workers and a balancer of the test's own (for tests that kill or stop them)."""
-    started = [start_worker(models, logdir) for _ in range(workers)]
+    started = [start_worker(models, logdir, *worker_args) for _ in range(workers)]
     balancer: Server | None = None
     try:
         for w in started:

@@ -36,10 +36,10 @@ class Events:
         self.loads: list[str] = []
         self.evictions: list[str] = []
 
-    def loaded(self, tier: str, seconds: float) -> None:
+    def loaded(self, key: tuple[str, str], tier: str, seconds: float) -> None:
         self.loads.append(tier)
 
-    def evicted(self, tier: str) -> None:
+    def evicted(self, key: tuple[str, str], tier: str) -> None:
         self.evictions.append(tier)
 
 
