@@ -42,7 +42,7 @@ class ModelPager:
     """Dispatches by format: safetensors to ``TorchPager``, onnx to onnxruntime."""
 
     def __init__(self, code: CodePolicy | None = None, onnx_threads: int = 1) -> None:
-        self.torch = TorchPager(code)
+        self.safetensors = TorchPager(code)
         self.onnx_threads = onnx_threads
 
     def weights_bytes(self, key: Key, directory: Path) -> int:
@@ -53,7 +53,7 @@ class ModelPager:
                 return (directory / config.weights_file).stat().st_size
             except OSError:
                 raise ModelUnavailable(f"{describe(key)}: {config.weights_file} is missing") from None
-        return self.torch.weights_bytes(key, directory)
+        return self.safetensors.weights_bytes(key, directory)
 
     def load(self, key: Key, directory: Path) -> LoadedModel:
         check_unpickled(key, directory)
@@ -62,12 +62,12 @@ class ModelPager:
         if config.format == "onnx":
             session = load_onnx(where, config, directory / config.weights_file, self.onnx_threads)
             return LoadedModel(key[0], key[1], config, session)
-        return self.torch.load(key, directory)
+        return self.safetensors.load(key, directory)
 
     def to_device(self, key: Key, model: LoadedModel, device: Device) -> LoadedModel:
         if model.config.format != "safetensors":
             raise ModelUnavailable(f"{describe(key)}: {model.config.format} models serve from the CPU tier")
-        return self.torch.to_device(key, model, device)
+        return self.safetensors.to_device(key, model, device)
 
     def warm_up(self, key: Key, model: LoadedModel, device: Device | None) -> None:
         if model.config.warmup:
