@@ -271,11 +271,39 @@ def test_an_onnx_interface_mismatch_is_named(tmp_path: Path, graph: dict, config
         _load(path)
 
 
-def test_an_onnx_model_is_charged_its_file_and_serves_from_the_cpu_tier(tmp_path: Path) -> None:
-    data = ff.onnx_mlp()
-    path = ff.write_version(tmp_path, "digits", ff.onnx_config(), {"model.onnx": data})
+def test_an_onnx_model_is_charged_what_its_session_holds_and_serves_from_the_cpu_tier(tmp_path: Path) -> None:
+    """The charge, known before loading, covers the memory the session then holds (malloc's own
+    count of bytes in use, around a session made after a first one paid the runtime's set-up)."""
+    import ctypes
+    import gc
+
+    from worker.onnx_pager import held_bytes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]  # fmt: skip
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    data = ff.onnx_mlp(features=64, hidden=8192, classes=10)  # ~2.4 MiB of weights
+    path = ff.write_version(tmp_path, "digits", ff.onnx_config(features=64, classes=10), {"model.onnx": data})
     pager = ModelPager()
-    assert pager.weights_bytes(("digits", "1"), path) == len(data)
+    charged = pager.weights_bytes(("digits", "1"), path)
+    assert charged == held_bytes(len(data))
+    _load(path)  # the runtime's one-time set-up, not this model's
+    gc.collect()
+    before = in_use()
+    model = pager.load(("digits", "1"), path)
+    gc.collect()
+    held = in_use() - before
+    assert len(data) * 0.9 < held <= charged, (held, charged)
+    del model
     assert not pager.device_capable(("digits", "1"), path)
     assert pager.device_capable(("x", "1"), _mlp(tmp_path, "x"))
     session = _load(path).module.session  # type: ignore[union-attr]
@@ -329,3 +357,22 @@ def test_queued_requests_for_custom_and_onnx_models_run_as_one_forward(tmp_path:
         got = {o["name"]: np.array(o["data"], dtype=np.float32).reshape(o["shape"]) for o in answer["outputs"]}
         for name in ("score", "embedding"):
             np.testing.assert_allclose(got[name], direct[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_remote_store_lists_onnx_by_its_weights_and_refuses_pickles_by_name(tmp_path: Path) -> None:
+    """From the store's manifests alone: an ONNX version's identity is its model.onnx's sha256;
+    a version whose manifest names a pickle is UNAVAILABLE and nothing of it is downloaded."""
+    from worker.catalog import Catalog
+    from worker.manifest import write_manifest
+    from worker.remote_store import DirectoryStore
+
+    store = tmp_path / "store"
+    data = ff.onnx_mlp()
+    write_manifest(ff.write_version(store, "digits", ff.onnx_config(), {"model.onnx": data}))
+    write_manifest(ff.write_version(store, "evil", ff.onnx_config(), {"model.onnx": data, "extra.pt": b"x"}))
+    catalog = Catalog(None, DirectoryStore(store))
+    view = catalog.scan()
+    digits, evil = view.get(("digits", "1")), view.get(("evil", "1"))
+    assert digits is not None and digits.config is not None and digits.config.format == "onnx"
+    assert digits.sha256 == __import__("hashlib").sha256(data).hexdigest() and digits.size_bytes == len(data)
+    assert evil is not None and evil.config is None and "'extra.pt' is a .pt file" in evil.problem

@@ -3,6 +3,7 @@
     format        weights file         built by                                   device tier
     safetensors   model.safetensors    a built-in architecture, or allowed code   yes (mapped host copy kept)
     onnx          model.onnx           onnxruntime (the graph is in the file)     no: serves from the CPU tier
+                                       (charged what its session holds: not shared)
 
 ``ModelPager`` reads the version's config.json and hands each call to the
 format's pager, so paging, budgets, eviction, batching, cache keys, metrics,
@@ -22,7 +23,7 @@ from worker.device import Device
 from worker.loader import read_config
 from worker.manifest import MANIFEST_FILE
 from worker.model_config import WEIGHTS_FILES
-from worker.onnx_pager import load_onnx
+from worker.onnx_pager import held_bytes, load_onnx
 from worker.paging import Key, TorchPager, describe, warm_up_on
 from worker.pickle_guard import RefusedFile, refuse_pickles
 from worker.repository import CONFIG_FILE
@@ -49,10 +50,10 @@ class ModelPager:
         check_unpickled(key, directory)
         config = read_config(describe(key), directory)
         if config.format == "onnx":
-            try:
-                return (directory / config.weights_file).stat().st_size
-            except OSError:
-                raise ModelUnavailable(f"{describe(key)}: {config.weights_file} is missing") from None
+            if not (directory / config.weights_file).is_file():
+                raise ModelUnavailable(f"{describe(key)}: {config.weights_file} is missing")
+            files = [f for f in directory.iterdir() if f.is_file() and f.name not in (CONFIG_FILE, MANIFEST_FILE)]
+            return held_bytes(sum(f.stat().st_size for f in files))
         return self.safetensors.weights_bytes(key, directory)
 
     def load(self, key: Key, directory: Path) -> LoadedModel:
