@@ -376,3 +376,43 @@ def test_a_remote_store_lists_onnx_by_its_weights_and_refuses_pickles_by_name(tm
     assert digits is not None and digits.config is not None and digits.config.format == "onnx"
     assert digits.sha256 == __import__("hashlib").sha256(data).hexdigest() and digits.size_bytes == len(data)
     assert evil is not None and evil.config is None and "'extra.pt' is a .pt file" in evil.problem
+
+
+def test_with_a_device_custom_code_moves_to_it_and_onnx_stays_in_the_cpu_tier(tmp_path: Path) -> None:
+    """Both formats through one memory manager with a GPU tier (the stand-in device): the custom
+    module is copied to the device and answers as on the host; the ONNX model is placed in the
+    CPU tier, and a second acquire does not try to promote it."""
+    from tests.memory_fixtures import repository, run
+    from worker.device import StandInDevice
+    from worker.memory import MemoryConfig, MemoryManager
+    from worker.paging import run_on
+
+    ff.write_scorer(tmp_path, "scorer", seed=9)
+    data = ff.onnx_mlp(seed=9)
+    ff.write_version(tmp_path, "digits", ff.onnx_config(), {"model.onnx": data})
+    device = StandInDevice()
+    config = MemoryConfig(cpu_budget=64 << 20, gpu_budget=64 << 20, wait_timeout=5)
+    manager: MemoryManager[LoadedModel] = MemoryManager(config, ModelPager(ALLOWED), repository(tmp_path), device)
+    rng = np.random.default_rng(4)
+    query, ids = rng.standard_normal((3, 6)).astype(np.float32), rng.integers(0, 50, (3, 4))
+    pixels = rng.standard_normal((2, 8)).astype(np.float32)
+
+    async def main() -> None:
+        try:
+            with await manager.acquire(("scorer", "1")) as lease:
+                assert lease.tier == "gpu" and lease.device is device
+                score, _ = run_on(lease.model, [query, ids], lease.device)
+            np.testing.assert_allclose(score, ff.run_scorer(tmp_path / "scorer" / "1", query, ids)["score"], rtol=1e-5)
+            for _ in range(2):
+                with await manager.acquire(("digits", "1")) as lease:
+                    assert lease.tier == "cpu" and lease.device is None
+                    [probs] = run_on(lease.model, [pixels], None)
+            np.testing.assert_allclose(probs, ff.run_onnx(data, {"pixels": pixels})[0], rtol=1e-5)
+            assert manager.residency(("digits", "1")) == "cpu"
+            again = manager.try_acquire(("digits", "1"))  # served where it is: no promotion wanted
+            assert again is not None
+            again.release()
+        finally:
+            await manager.close()
+
+    run(main)
