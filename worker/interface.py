@@ -7,8 +7,9 @@ batch is caught too) must return the declared outputs: as many, each of its
 datatype, of its rank, with every fixed dimension equal and the batch
 dimension equal to the rows given. A mismatch fails the load with a message
 that names it (the version is UNAVAILABLE with that reason; the worker keeps
-serving the others). A model loaded with ``"warmup": false`` skips the forward
-at load; ``check_outputs`` then guards each batch instead.
+serving the others). ``check_outputs`` also guards every batch (a few
+comparisons), so a model loaded with ``"warmup": false`` (no forward at load)
+still never answers otherwise than declared.
 """
 
 from __future__ import annotations
