@@ -416,3 +416,21 @@ def test_with_a_device_custom_code_moves_to_it_and_onnx_stays_in_the_cpu_tier(tm
             await manager.close()
 
     run(main)
+
+
+def test_without_a_warm_up_each_batch_is_checked_and_its_callers_told_why(tmp_path: Path) -> None:
+    path = _mlp(tmp_path, "lazy", warmup=False, outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 7]}])
+    model = _load(path)  # no forward at load, so the mismatch is not seen yet
+    pool = ThreadPoolExecutor(1)
+
+    async def main() -> list[object]:
+        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20)
+        body = orjson.dumps(infer_body([("input", "FP32", np.ones((2, 8), np.float32))]))
+        return list(await asyncio.gather(batcher.submit(model, body, JSON_CODEC), return_exceptions=True))
+
+    try:
+        [answer] = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        pool.shutdown()
+    assert isinstance(answer, ModelUnavailable)
+    assert "output 'logits' has shape [2, 3] for a batch of 2, config.json declares [-1, 7]" in answer.message
