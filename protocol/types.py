@@ -86,7 +86,8 @@ class IndexEntry:
     ``deterministic`` and ``cacheable`` tell the balancer whether answers may be
     cached, ``cache_ttl`` for how long (None: the balancer's default), ``sha256``
     names the version's weights (cache keys bind it); ``state`` is READY,
-    LOADING or UNAVAILABLE.
+    LOADING or UNAVAILABLE; ``min_replicas`` and ``max_replicas`` bound how
+    many workers the balancer spreads a hot model over.
     """
 
     name: str
@@ -98,6 +99,8 @@ class IndexEntry:
     resident: bool = False
     sha256: str = ""
     cache_ttl: float | None = None
+    min_replicas: int = 1  # hot-model replicas the balancer keeps at least
+    max_replicas: int | None = None  # and at most (None: the balancer's default)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,8 @@ class IndexEntry:
             "resident": self.resident,
             "sha256": self.sha256,
             "cache_ttl": self.cache_ttl,
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
         }
 
     @classmethod
@@ -124,6 +129,8 @@ class IndexEntry:
             resident=bool(raw.get("resident", False)),
             sha256=str(raw.get("sha256", "")),
             cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
+            min_replicas=int(raw.get("min_replicas") or 1),
+            max_replicas=int(raw["max_replicas"]) if raw.get("max_replicas") is not None else None,
         )
 
 
@@ -131,15 +138,19 @@ class IndexEntry:
 class ServerMetadata:
     """The V2 server metadata, plus the worker's stable id (``worker_id``), from
     which a balancer learns who answers at an address (its ring uses ids, never
-    URLs)."""
+    URLs), and its ``capacity`` (bytes of memory budget), which weighs its place
+    on the ring."""
 
     name: str
     version: str
     extensions: tuple[str, ...] = field(default_factory=tuple)
     worker_id: str | None = None
+    capacity: int | None = None  # bytes: the worker's weight on a balancer's ring
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
         if self.worker_id is not None:
             out["worker_id"] = self.worker_id
+        if self.capacity is not None:
+            out["capacity"] = self.capacity
         return out

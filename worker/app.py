@@ -8,10 +8,12 @@ signal handling and drain sequence are ``common.lifecycle``'s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
+from common.registration import Heartbeat, Registration
 from common.rest import render_error
 from worker.config import WorkerConfig
 from worker.handlers import WorkerHandlers
@@ -27,6 +29,8 @@ class Worker:
         self.service: WorkerService | None = None
         self.http: HttpServer | None = None
         self.port = config.port
+        self.heartbeat: Heartbeat | None = None
+        self._leaving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
@@ -40,13 +44,21 @@ class Worker:
             raise
         service.ready = True
         log.info("%s serving %s on http://%s:%d", self.name, self.config.models, self.config.host, self.port)
+        if self.config.register_redis:
+            registration = Registration(self.config.identity, self.config.advertised_url(self.port))
+            self.heartbeat = Heartbeat(self.config.register_redis, registration, self.config.register_ttl)
+            self.heartbeat.start()
 
     def begin_drain(self) -> None:
         if self.service is not None:
             self.service.ready = False
+        if self.heartbeat is not None and self._leaving is None:  # leave the registry first
+            self._leaving = asyncio.get_running_loop().create_task(self.heartbeat.close())
 
     async def stop(self) -> None:
         self.begin_drain()
+        if self._leaving is not None:
+            await self._leaving
         if self.http is not None:
             await self.http.shutdown(self.config.shutdown_timeout)
         if self.service is not None:

@@ -6,6 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# What a worker reports as its capacity (its weight on the balancer's ring) when
+# neither --capacity nor a memory budget says otherwise.
+DEFAULT_CAPACITY = 8 << 30
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -19,6 +23,10 @@ class WorkerConfig:
     max_elements: int = 1 << 26
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
+    capacity: int = 0  # bytes reported to balancers (0: the memory budget, or DEFAULT_CAPACITY)
+    register_redis: str | None = None  # keep a registration in this Redis (balancer --workers-redis)
+    register_ttl: float = 10.0  # seconds a registration lives without a heartbeat
+    advertise: str = ""  # the base URL balancers reach this worker at (default http://host:port)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -30,6 +38,17 @@ class WorkerConfig:
             raise ValueError("threads, max loads and body size must be positive")
         if "\n" in self.worker_id:
             raise ValueError("worker id cannot hold a newline")
+        if self.capacity < 0 or not self.register_ttl > 0:
+            raise ValueError("capacity cannot be negative and the registration TTL must be positive")
+        if self.register_redis is not None and not self.register_redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--register-redis takes a redis:// URL")
+
+    @property
+    def reported_capacity(self) -> int:
+        return self.capacity or DEFAULT_CAPACITY
+
+    def advertised_url(self, port: int) -> str:
+        return self.advertise.rstrip("/") or f"http://{self.host}:{port}"
 
     @property
     def identity(self) -> str:

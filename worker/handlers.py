@@ -6,14 +6,19 @@ service are rendered by ``common.rest.render_error`` (one status table).
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
+from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
 from protocol.errors import BadRequest
 from worker.codecs import JSON_CODEC
 from worker.service import InferCall, WorkerService
 
 BINARY_HEADER = "inference-header-content-length"
+DEADLINE_HEADER = REQUEST_TIMEOUT_HEADER.lower()  # seconds the caller will wait (a balancer sends what is left)
 
 
 def check_json_request(headers: dict[str, str]) -> None:
@@ -44,7 +49,11 @@ class WorkerHandlers:
     async def infer(self, request: Request) -> Response:
         check_json_request(request.headers)
         match = request.match
-        answer = await self.service.infer(InferCall(match["name"], match.get("version"), request.body, JSON_CODEC))
+        call = InferCall(match["name"], match.get("version"), request.body, JSON_CODEC)
+        timeout = request.headers.get(DEADLINE_HEADER)
+        if timeout is not None:
+            call = replace(call, deadline=time.monotonic() + parse_request_timeout(timeout))
+        answer = await self.service.infer(call)
         return Response(200, answer.payload, JSON, {"X-Model-Source": answer.source})
 
     def live(self, request: Request) -> Response:

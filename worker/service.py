@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import __version__
-from protocol.errors import ModelUnavailable, ProtocolError
+from protocol.errors import DeadlineExceeded, ModelUnavailable, ProtocolError
 from protocol.names import check_name, check_version
 from protocol.types import IndexEntry, ModelMetadata, ServerMetadata
 from worker.batcher import Batcher
@@ -48,6 +48,7 @@ class InferCall:
     payload: Any
     codec: Codec
     protocol: str = "rest"
+    deadline: float | None = None  # time.monotonic() by which the answer is no use (X-Request-Timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ class WorkerService:
                     self.pool, decode_and_check, call.payload, call.codec, config, limit
                 )
                 model, source = await self.registry.acquire(entry)
+                if call.deadline is not None and time.monotonic() >= call.deadline:
+                    raise DeadlineExceeded("the request's deadline passed while its model was loading")
                 answer = InferAnswer(await self.batcher.submit(model, request, call.codec), source)
             code = 200
             return answer
@@ -109,7 +112,7 @@ class WorkerService:
     # metadata and health
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity)
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity, self.config.reported_capacity)
 
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
         entry = self.resolve(name, version)
@@ -147,6 +150,8 @@ class WorkerService:
                     resident=self.registry.resident(entry) is not None,
                     sha256=entry.sha256,
                     cache_ttl=config.cache_ttl if config else None,
+                    min_replicas=config.min_replicas if config else 1,
+                    max_replicas=config.max_replicas if config else None,
                 )
             )
         return rows
