@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from balancer.admin import AdminService
 from balancer.plan import Answer, InferCall
 from balancer.service import BalancerService
+from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
+from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
 from protocol.errors import BadRequest
+from protocol.json_body import loads_object
 
 BINARY_HEADER = "inference-header-content-length"
+TIMEOUT_HEADER = REQUEST_TIMEOUT_HEADER.lower()
 
 
 def check_json_request(headers: dict[str, str]) -> None:
@@ -36,11 +41,13 @@ async def _render_later(pending: Awaitable[Answer]) -> Response:
 
 
 class BalancerHandlers:
-    def __init__(self, service: BalancerService) -> None:
+    def __init__(self, service: BalancerService, admin: AdminService) -> None:
         self.service = service
+        self.admin = admin
+        self.token = admin.admin_token
 
     def routes(self) -> Router:
-        return v2_router(
+        router = v2_router(
             V2Handlers(
                 infer=self.infer,
                 live=self.live,
@@ -51,19 +58,27 @@ class BalancerHandlers:
                 model_config=self.model_config,
                 repository_index=self.repository_index,
                 metrics=self.metrics,
+                repository_load=self.repository_load,
+                repository_unload=self.repository_unload,
             )
         )
+        router.add("POST", "/admin/workers/{worker}/drain", self.drain)
+        router.add("POST", "/admin/workers/{worker}/undrain", self.undrain)
+        router.add("GET", "/admin/cluster", self.cluster)
+        return router
 
     def infer(self, request: Request) -> Response | Awaitable[Response]:
         headers = request.headers
         check_json_request(headers)
         match = request.match
+        timeout = headers.get(TIMEOUT_HEADER)
         call = InferCall(
             match["name"],
             match.get("version"),
             request.body,
             headers.get("content-type", JSON),
             headers.get("cache-control"),
+            timeout=parse_request_timeout(timeout) if timeout is not None else None,
         )
         outcome = self.service.infer(call)
         return render(outcome) if isinstance(outcome, Answer) else _render_later(outcome)
@@ -96,3 +111,31 @@ class BalancerHandlers:
 
     def metrics(self, request: Request) -> Response:
         return Response(200, self.service.render_metrics(), METRICS_TYPE)
+
+    # admin: every route checks the token first (when one is set)
+
+    async def repository_load(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(await self.admin.repository(request.match["name"], "load", request.body))
+
+    async def repository_unload(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(await self.admin.repository(request.match["name"], "unload", request.body))
+
+    async def drain(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        timeout = None
+        if request.body.strip():
+            value = loads_object(request.body).get("timeout")
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+                raise BadRequest("'timeout' must be a number of seconds")
+            timeout = float(value) if value is not None else None
+        return json_response(await self.admin.drain(request.match["worker"], timeout))
+
+    def undrain(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(self.admin.undrain(request.match["worker"]))
+
+    def cluster(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(self.admin.cluster())

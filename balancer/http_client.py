@@ -195,7 +195,14 @@ class HttpClient:
         return None
 
     async def send(
-        self, base_url: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        try_timeout: float | None = None,
     ) -> UpstreamResponse:
         pool = self._pool(base_url)
         payload = body or b""
@@ -204,7 +211,11 @@ class HttpClient:
         )  # fmt: skip
         if content_type:
             head += b"Content-Type: %s\r\n" % content_type.encode("latin-1")
+        if headers:
+            head += b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
         data = head + b"\r\n" + payload
+        if try_timeout is None:
+            try_timeout = self.try_timeout
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
@@ -215,13 +226,13 @@ class HttpClient:
                 conn = await self._connect(pool)
             try:
                 try:
-                    response = await conn.request(data, self.try_timeout)
+                    response = await conn.request(data, try_timeout)
                 except UpstreamError as exc:
                     if not (reused and exc.kind == "reset" and not conn.got_bytes):
                         raise
                     conn.close()  # a stale keep-alive socket: once more on a fresh one
                     conn = await self._connect(pool)
-                    response = await conn.request(data, self.try_timeout)
+                    response = await conn.request(data, try_timeout)
             except BaseException:
                 conn.close()
                 raise

@@ -17,6 +17,7 @@ class InferCall:
     content_type: str
     cache_control: str | None = None
     protocol: str = "rest"
+    timeout: float | None = None  # seconds the client will wait (X-Request-Timeout); None: the default
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,7 +197,11 @@ class BalancerService:
             found = await self._computed_elsewhere(plan)
             if found is not None:
                 return found
-        resp, worker = await self.router.send(plan.model, "POST", plan.upstream_path, call.body, call.content_type)
+        timeout = call.timeout if call.timeout is not None else self.config.request_timeout
+        deadline = time.monotonic() + timeout
+        resp, worker = await self.router.send(
+            plan.model, "POST", plan.upstream_path, call.body, call.content_type, deadline
+        )
         result = Upstream(resp, worker, plan.request_id)
         if plan.lookup or plan.store:  # the id-free body is needed only to store or to share
             content_type = resp.headers.get("Content-Type", "")
@@ -255,7 +259,9 @@ class BalancerService:
         return self.index.loaded and len(self.members) > 0 and not self.draining
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        await self.index.refresh()
+        """From the cached index (refreshed on a schedule), never a fan-out per request."""
+        if not self.index.loaded:
+            await self.index.refresh()
         if not self.index.loaded:
             raise UpstreamUnavailable("no worker answered the repository index")
         return [r for r in self.index.rows if not ready_only or r["state"] == "READY"]

@@ -25,7 +25,16 @@ class UpstreamResponse:
 
 class Transport(Protocol):
     async def send(
-        self, base_url: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
-    ) -> UpstreamResponse: ...
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        try_timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """``headers``: extra request headers; ``try_timeout``: this try's limit (default: the client's)."""
+        ...
 
     async def close(self) -> None: ...
