@@ -124,6 +124,10 @@ class Server:
     def id(self) -> str:
         return self.url.removeprefix("http://")
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Server:
         def ready() -> bool:
             if not self.proc.alive():
@@ -139,17 +143,19 @@ class Server:
         return self
 
 
-def start_worker(models: Path, logdir: Path, *extra: str) -> Server:
-    port = free_port()
-    args = affinity("worker", "--models", str(models), "--port", str(port), "--threads", "1", *extra)
-    proc = Proc(f"worker-{port}", args, logdir / f"worker-{port}.log").start()
-    return Server(proc, f"http://127.0.0.1:{port}")
+def start_worker(models: Path, logdir: Path, *extra: str, port: int = 0, host: str = "127.0.0.1") -> Server:
+    """A worker on ``host`` and a free port (or ``port``: to restart one where it was)."""
+    port = port or free_port()
+    args = affinity("worker", "--models", str(models), "--host", host, "--port", str(port), "--threads", "1", *extra)
+    proc = Proc(f"worker-{host}-{port}", args, logdir / f"worker-{host}-{port}.log").start()
+    return Server(proc, f"http://{host}:{port}")
 
 
 def start_balancer(workers: list[Server], logdir: Path, *extra: str) -> Server:
+    """A balancer over these workers (none: give a discovery flag in ``extra``)."""
     port = free_port()
-    urls = ",".join(w.url for w in workers)
-    args = affinity("balancer", "--workers", urls, "--port", str(port), "--index-refresh", "2", *extra)
+    urls = ("--workers", ",".join(w.url for w in workers)) if workers else ()
+    args = affinity("balancer", *urls, "--port", str(port), "--index-refresh", "2", *extra)
     proc = Proc(f"balancer-{port}", args, logdir / f"balancer-{port}.log").start()
     return Server(proc, f"http://127.0.0.1:{port}")
 

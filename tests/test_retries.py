@@ -33,7 +33,9 @@ class Script:
 
 
 @contextlib.contextmanager
-def fake_cluster(logdir: Path, *balancer_args: str, hold: float = 0.0) -> Iterator[tuple[FakeWorker, FakeWorker, Server, Script]]:
+def fake_cluster(
+    logdir: Path, *balancer_args: str, hold: float = 0.0
+) -> Iterator[tuple[FakeWorker, FakeWorker, Server, Script]]:
     """Two fake workers and a balancer (consistent policy): the owner of model ``m``
     answers what its script says, the other answers 200."""
     script = Script()
