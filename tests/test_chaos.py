@@ -154,7 +154,7 @@ def test_a_spill_lands_on_a_worker_that_holds_the_model(zoo: Path, logdir: Path)
     model = "transformer-02"
     with private_cluster(zoo, logdir, 3, "--policy", "affinity", "--max-replicas", "1") as (workers, balancer):
         order = HashRing(w.id for w in workers).preference_list(model)
-        owner, successor, holder = order
+        owner, _successor, holder = order
         url = {w.id: w.url for w in workers}
         body = infer_body(sample_inputs(zoo, model, 1, 7))
         assert request(url[holder], "POST", f"/v2/models/{model}/infer", body).status == 200  # loaded there

@@ -87,7 +87,7 @@ def test_a_retryable_answer_is_retried_on_the_next_worker_and_never_reaches_the_
 
 @pytest.mark.parametrize("status", [400, 404, 500, 507])
 def test_a_models_own_failure_passes_through_and_ejects_nobody(logdir: Path, status: int) -> None:
-    with fake_cluster(logdir, "--eject-after", "2") as (owner, other, balancer, script):
+    with fake_cluster(logdir, "--eject-after", "2") as (_owner, other, balancer, script):
         script.answer = error(status, "the model's own failure")
         for _ in range(4):
             resp = infer(balancer)
@@ -121,7 +121,7 @@ def test_overload_is_retried_but_never_counted_and_a_plain_503_ejects(logdir: Pa
 def test_the_retry_budget_bounds_retries_with_a_floor(logdir: Path) -> None:
     # No share of requests, a floor of 1 retry a second over 5 s: exactly 5 retries.
     args = ("--eject-after", "1000", "--retry-ratio", "0", "--retry-floor", "1", "--retry-window", "5")
-    with fake_cluster(logdir, *args) as (owner, other, balancer, script):
+    with fake_cluster(logdir, *args) as (_owner, _other, balancer, script):
         script.answer = error(502, "down")
         statuses = [infer(balancer).status for _ in range(8)]
         assert statuses == [200] * 5 + [502] * 3
