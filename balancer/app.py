@@ -41,7 +41,7 @@ from balancer.transport import Transport
 from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
-from common.http_server import HttpServer
+from common.http_server import HttpLimits, HttpServer
 from common.lifecycle import serve_until_signalled
 from common.rest import render_error
 
@@ -104,9 +104,8 @@ class Balancer:
         )  # fmt: skip
         metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts)
         self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
-        self.http = HttpServer(
-            BalancerHandlers(self.service, self.admin).routes(), render_error, max_body=config.max_body_size
-        )
+        limits = HttpLimits(max_body=config.max_body_size)
+        self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, limits)
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
 

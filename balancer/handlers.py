@@ -31,7 +31,7 @@ def check_json_request(headers: dict[str, str]) -> None:
 
 
 def render(answer: Answer) -> Response:
-    if answer.hit_headers:
+    if answer.hit_headers is not None:
         return Response(answer.status, answer.body, None, None, answer.hit_headers)
     return Response(answer.status, answer.body, answer.content_type, answer.headers)
 

@@ -15,6 +15,11 @@ on asyncio protocols with httptools' response parser (docs/benchmarks.md).
   one: the server may have closed an idle keep-alive socket as we wrote.
 - Per-try timeouts are deadlines that one sweeper checks every ``TICK``
   seconds (a set insert per request, not a timer handle: ~0.1 us, not ~1.8).
+- An answer over ``max_answer`` bytes (head and body, counted as they arrive,
+  refused from its Content-Length when it has one) fails the try with
+  "too_large" and closes the connection. Bytes that arrive on a connection
+  with no request outstanding (an idle pooled one, or after the answer in
+  the same read) close it: they are never read as the next answer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,15 @@ from balancer.transport import PASSED_HEADERS, UpstreamResponse
 
 _PASSED = {h.lower().encode(): h for h in PASSED_HEADERS}
 TICK = 0.1
+MAX_HEAD = 64 << 10  # an answer's status line and headers
+
+
+class _Unsolicited(Exception):
+    """An answer began with no request outstanding."""
+
+
+class _TooLarge(Exception):
+    """An answer's Content-Length is over the limit."""
 
 
 class _Conn(asyncio.Protocol):
@@ -36,6 +50,8 @@ class _Conn(asyncio.Protocol):
         "_body",
         "_busy",
         "_headers",
+        "_length",
+        "_received",
         "_waiter",
         "closed",
         "deadline",
@@ -43,13 +59,17 @@ class _Conn(asyncio.Protocol):
         "keep_alive",
         "last_used",
         "loop",
+        "max_answer",
         "parser",
         "transport",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, busy: set[_Conn]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, busy: set[_Conn], max_answer: int) -> None:
         self.loop = loop
         self._busy = busy  # the client's set of connections awaiting an answer
+        self.max_answer = max_answer
+        self._received = 0
+        self._length = 0
         self.deadline = 0.0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -71,11 +91,18 @@ class _Conn(asyncio.Protocol):
         self._fail("reset")
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            self.close()  # unsolicited: never the next request's answer
+            return
         self.got_bytes = True
+        self._received += len(data)
+        if self._received > self.max_answer + MAX_HEAD:
+            self._fail("too_large")
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail("reset")
+        except httptools.HttpParserError as exc:
+            self._fail("too_large" if isinstance(exc.__context__, _TooLarge) else "reset")
             self.close()
 
     def eof_received(self) -> bool:
@@ -83,18 +110,33 @@ class _Conn(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._waiter is None:
+            raise _Unsolicited  # a second answer after the one asked for
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        passed = _PASSED.get(name.lower())
+        lowered = name.lower()
+        passed = _PASSED.get(lowered)
         if passed is not None:
             self._headers[passed] = value.decode("latin-1")
+        elif lowered == b"content-length":
+            self._length = int(value)  # llhttp has checked it is one decimal number
+
+    def on_headers_complete(self) -> None:
+        if self._length > self.max_answer:
+            raise _TooLarge
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.keep_alive = self.parser.should_keep_alive()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers, self._body, self._length = {}, [], 0  # an interim answer: the final one follows
+            return
+        self.keep_alive = self.parser.should_keep_alive() and status != 101
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        response = UpstreamResponse(self.parser.get_status_code(), body, self._headers)
+        response = UpstreamResponse(status, body, self._headers)
         waiter = self._waiter
         self._finish()
         if waiter is not None and not waiter.done():
@@ -105,6 +147,8 @@ class _Conn(asyncio.Protocol):
     def request(self, data: bytes, timeout: float) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         self.got_bytes = False
+        self._received = 0
+        self._length = 0
         self._headers = {}
         self._body = []
         self._waiter = self.loop.create_future()
@@ -125,8 +169,8 @@ class _Conn(asyncio.Protocol):
         self._finish()
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamError(kind))
-            if kind == "timeout":
-                self.close()  # the answer may still come: this socket is unusable
+            if kind in ("timeout", "too_large"):
+                self.close()  # the rest of the answer may still come: this socket is unusable
 
     def close(self) -> None:
         self.closed = True
@@ -152,8 +196,12 @@ class HttpClient:
         connect_timeout: float = 1.0,
         try_timeout: float = 60.0,
         idle_timeout: float = 30.0,
+        max_answer: int = 64 << 20,
     ) -> None:
+        if max_answer < 1:
+            raise ValueError("max_answer must be positive")
         self.limit = limit
+        self.max_answer = max_answer
         self.connect_timeout = connect_timeout
         self.try_timeout = try_timeout
         self.idle_timeout = idle_timeout
@@ -178,10 +226,9 @@ class HttpClient:
 
     async def _connect(self, pool: _Pool) -> _Conn:
         loop = asyncio.get_running_loop()
+        connecting = loop.create_connection(lambda: _Conn(loop, self._busy, self.max_answer), pool.host, pool.port)
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(loop, self._busy), pool.host, pool.port), self.connect_timeout
-            )
+            _, conn = await asyncio.wait_for(connecting, self.connect_timeout)
         except (TimeoutError, OSError):
             raise UpstreamError("connect") from None
         return conn

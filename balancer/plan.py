@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.http_message import HeaderBlock
+
 
 @dataclass(frozen=True, slots=True)
 class InferCall:
@@ -53,4 +55,4 @@ class Answer:
     cache: str  # hit, miss or bypass
     served_by: str
     headers: dict[str, str] | None = None  # X-Cache, X-Served-By, X-Model-Source, Retry-After (misses)
-    hit_headers: bytes = b""  # a hit's header block, encoded once when the entry was made
+    hit_headers: HeaderBlock | None = None  # a hit's header block, encoded once when the entry was made

@@ -42,6 +42,7 @@ from protocol.errors import DeadlineExceeded, Overloaded, Unavailable, UpstreamU
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset((502, 503, 504))
+COUNTED_ERRORS = frozenset(("connect", "reset", "timeout"))  # failures before an answer
 
 
 # One try at the worker with this id; raises UpstreamError when it fails before answering.
@@ -158,6 +159,8 @@ class Router:
                     status = resp.status
                     failure = f"status_{status}" if status in RETRYABLE_STATUS else ""
                 except UpstreamError as exc:
+                    if exc.kind not in COUNTED_ERRORS:  # an answer over the size limit: the same again elsewhere
+                        raise UpstreamUnavailable("the worker's answer could not be passed on") from None
                     resp, status, failure = None, 0, exc.kind
                 finally:
                     members.end(worker)

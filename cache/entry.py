@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from common.http_message import HeaderBlock
+
 MAGIC = b"AF2\n"
 JSON = "application/json"
 ALLOWED_CONTENT_TYPES = frozenset((JSON,))
@@ -37,14 +39,14 @@ class CachedAnswer:
     served_by: str
     content_type: str = JSON
     expires: float = float("inf")  # time.monotonic() deadline in this process
-    # The hit's response headers, encoded once when the entry is made.
-    hit_headers: bytes = field(init=False, repr=False, compare=False)
+    # The hit's response headers, encoded and checked once when the entry is made.
+    hit_headers: HeaderBlock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not safe_header_value(self.served_by) or self.content_type not in ALLOWED_CONTENT_TYPES:
             raise InvalidEntry("an answer's headers must be plain header values")
-        block = f"Content-Type: {self.content_type}\r\nX-Cache: hit\r\nX-Served-By: {self.served_by}\r\n"
-        object.__setattr__(self, "hit_headers", block.encode("ascii"))
+        block = HeaderBlock({"Content-Type": self.content_type, "X-Cache": "hit", "X-Served-By": self.served_by})
+        object.__setattr__(self, "hit_headers", block)
 
     @property
     def size(self) -> int:

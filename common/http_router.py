@@ -3,7 +3,8 @@
 Routes live in a trie of path segments: a lookup is one dict access per segment
 (a static segment wins over a parameter at the same place; no backtracking), so
 routing costs the same for the first route as for the last. A path that exists
-with another method is a 405, no match at all a 404; HEAD is served by GET.
+with another method is a 405 carrying ``Allow`` (RFC 9110, 15.5.6), no match
+at all a 404; HEAD is served by GET.
 """
 
 from __future__ import annotations
@@ -57,7 +58,14 @@ class Router:
             handler = node.handlers.get("GET")
         if handler is None:
             if node.handlers:
-                raise HttpError(405, f"method {request.method} is not allowed here")
+                raise HttpError(405, f"method {request.method} is not allowed here", {"Allow": _allow(node)})
             raise HttpError(404, "no such route")
         request.match = params
         return handler(request)
+
+
+def _allow(node: _Node) -> str:
+    methods = set(node.handlers)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))

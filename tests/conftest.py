@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.harness import RedisServer, Server, start_balancer, start_worker
@@ -21,13 +22,20 @@ def pytest_report_header() -> str:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model per architecture, 64 KiB to 512 KiB of random weights, plus a
-    model whose weights file is not safetensors at all."""
+    model whose weights file is not safetensors at all and a non-deterministic
+    copy of the MLP."""
     root = tmp_path_factory.mktemp("zoo")
     make_zoo(root, count=4, min_size=64 << 10, max_size=512 << 10)
     broken = root / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "config.json").write_bytes((root / "mlp-00" / "1" / "config.json").read_bytes())
     (broken / "model.safetensors").write_bytes(b"\x80\x04this is not a safetensors file")
+    # The same MLP, declared non-deterministic: its answers are never cached.
+    nondet = root / "mlp-nondet" / "1"
+    nondet.mkdir(parents=True)
+    config = orjson.loads((root / "mlp-00" / "1" / "config.json").read_bytes())
+    (nondet / "config.json").write_bytes(orjson.dumps({**config, "deterministic": False}))
+    (nondet / "model.safetensors").write_bytes((root / "mlp-00" / "1" / "model.safetensors").read_bytes())
     return root
 
 

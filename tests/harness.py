@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -226,3 +227,68 @@ def private_cluster(
             balancer.proc.stop()
         for w in started:
             w.proc.stop()
+
+
+@dataclass
+class RedisCluster:
+    """A three-node Redis Cluster on loopback ports (real redis-server only)."""
+
+    logdir: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @staticmethod
+    def available() -> bool:
+        return REDIS_BINARY is not None and shutil.which("redis-cli") is not None
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    @staticmethod
+    def _port() -> int:
+        """A free port whose cluster bus port (+10000) is free and valid too."""
+        while True:
+            port = free_port()
+            if port <= 55535:
+                with contextlib.suppress(OSError), socket.socket() as s:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+
+    def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisCluster:
+        assert REDIS_BINARY is not None
+        for _ in range(3):
+            node = RedisServer(self.logdir, port=self._port())
+            args = [REDIS_BINARY, "--port", str(node.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{node.port}.conf"]
+            args += ["--dir", str(self.logdir)]
+            node.proc = Proc(f"redis-{node.port}", args, self.logdir / f"redis-{node.port}.log").start()
+            self.nodes.append(node)
+        for node in self.nodes:
+            wait_until(node.ping, START_TIMEOUT, 0.05)
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
+        subprocess.run(
+            [*create, "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60
+        )
+
+        def settled() -> bool:
+            with self.nodes[0].client() as c:
+                return bool(c.cluster("info")["cluster_state"] == "ok")
+
+        wait_until(settled, START_TIMEOUT, 0.1)
+        return self
+
+    @staticmethod
+    def keys_on(node: RedisServer, pattern: str) -> list[bytes]:
+        with node.client() as c:
+            return list(c.scan_iter(pattern))
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

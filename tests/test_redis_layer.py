@@ -58,3 +58,53 @@ def test_redis_down_is_a_miss_and_the_breaker_recovers(logdir: Path) -> None:
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_one_process_claims_a_key_the_others_wait_for_its_answer(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        b = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        assert a.remote is not None and b.remote is not None
+        key = "affinity:v2:test:{claimed}"
+        assert await a.remote.claim(key, 5.0), "the first to miss computes"
+        assert not await b.remote.claim(key, 5.0), "the second waits"
+        waiting = asyncio.ensure_future(b.wait_remote(key, 5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        a.put(key, b'{"outputs":[7]}', "w:1", release=True)
+        found = await asyncio.wait_for(waiting, 5.0)
+        assert found is not None and found.body == b'{"outputs":[7]}'
+        assert await b.remote.claim(key, 5.0), "storing released the lock"
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_holder_that_stores_nothing_releases_its_waiters(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        b = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        assert a.remote is not None and b.remote is not None
+        key = "affinity:v2:test:{abandoned}"
+        assert await a.remote.claim(key, 30.0)
+        waiting = asyncio.ensure_future(b.wait_remote(key, 30.0))
+        await asyncio.sleep(0.05)
+        a.release(key)  # e.g. the answer was a 500: nothing to store
+        assert await asyncio.wait_for(waiting, 5.0) is None, "the waiter stops waiting and goes upstream itself"
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_an_entry_that_is_not_ours_is_a_counted_miss(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        cache = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
+        assert cache.remote is not None
+        await cache.remote.set("affinity:v2:test:{hostile}", b'AF2\n["w\\r\\nX-Evil: 1","application/json",0]\n{}', 60)
+        assert await cache.get_remote("affinity:v2:test:{hostile}") is None
+        assert cache.invalid == 1
+        await cache.close()
+
+    asyncio.run(main())

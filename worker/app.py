@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common.http_server import HttpServer
+from common.http_server import HttpLimits, HttpServer
 from common.lifecycle import serve_until_signalled
 from common.registration import Heartbeat, Registration
 from common.rest import render_error
@@ -34,9 +34,8 @@ class Worker:
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
-        self.http = HttpServer(
-            WorkerHandlers(service).routes(), render_error, max_body=self.config.max_body_size, server_name=SERVER_NAME
-        )
+        limits = HttpLimits(max_body=self.config.max_body_size)
+        self.http = HttpServer(WorkerHandlers(service).routes(), render_error, limits, server_name=SERVER_NAME)
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
         except OSError:
