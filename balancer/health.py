@@ -99,7 +99,7 @@ class HealthBook:
         for worker in [w for w in self.workers if w not in wanted]:
             del self.workers[worker]
         now = self._clock()
-        for worker in wanted:
+        for worker in sorted(wanted):
             if worker not in self.workers:
                 self.workers[worker] = WorkerHealth(now)
 

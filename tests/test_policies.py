@@ -233,6 +233,7 @@ def test_never_more_than_a_quarter_ejected_and_probes_rise_and_fall() -> None:
     for w in list(book.workers):
         book.failure(w)
     assert book.ejected_count() == 2, "max(1, 25% of 8)"
+    assert [w for w in book.workers if not book.admitted(w)] == ["w0", "w1"]
     book.probe("w7", False)
     book.probe("w7", False)
     assert book.admitted("w7")
