@@ -132,10 +132,22 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
     f = Flags(p, "bench")
-    p.add_argument("scenario", choices=["overhead"], help="overhead: balancer vs nginx vs direct, one run")
+    p.add_argument(
+        "scenario",
+        choices=["overhead", "routing"],
+        help="overhead: balancer vs nginx vs direct, one run; routing: policies side by side under memory pressure",
+    )
     f.add("--duration", "seconds per row", type=float, default=8.0)
-    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
+    f.add("--connections", "overhead: concurrent keep-alive connections", type=int, default=32)
+    f.add("--models", "model repository (default: a generated zoo)", type=Path)
+    f.add("--rate", "routing: requests a second, Zipf 1.1 over the zoo", type=float, default=40.0)
+    f.add("--skew-rate", "routing: requests a second, Zipf 3 (one model takes ~80%)", type=float, default=120.0)
+    f.add("--warmup", "routing: seconds of load before measuring", type=float, default=4.0)
+    f.add("--workers", "routing: worker processes", type=int, default=3)
+    f.add("--policies", "routing: comma-separated policies", default="affinity,round-robin,consistent,least-loaded")
+    f.add("--zoo-count", "routing: models in the generated zoo", type=int, default=24)
+    f.add("--seed", "routing: the load generator's seed (the same for every policy)", type=int, default=1)
+    f.add("--out", "routing: directory for the reports and the table", type=Path, default=Path("results/bench-routing"))
     p.set_defaults(run=_run_bench)
 
 
@@ -181,6 +193,17 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "routing":
+        from cli.bench_routing import run_routing
+
+        policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+        unknown = [p for p in policies if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+        return run_routing(
+            args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
+            args.zoo_count, args.out, args.seed,
+        )  # fmt: skip
     from cli.bench import run_overhead
 
     return run_overhead(args.duration, args.connections, args.models)
