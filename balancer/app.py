@@ -41,7 +41,7 @@ from balancer.transport import Transport
 from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
-from common.http_server import HttpLimits, HttpServer
+from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.rest import render_error
 
@@ -68,7 +68,10 @@ class Balancer:
     def __init__(self, config: BalancerConfig, transport: Transport | None = None) -> None:
         self.config = config
         self.transport: Transport = transport or HttpClient(
-            config.upstream_connections, config.connect_timeout, config.try_timeout
+            config.upstream_connections,
+            config.connect_timeout,
+            config.try_timeout,
+            max_answer=config.max_upstream_answer,
         )
         self.source = address_source(config)
         self.discovery = Discovery(self.source, self.transport)
@@ -104,8 +107,7 @@ class Balancer:
         )  # fmt: skip
         metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts)
         self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
-        limits = HttpLimits(max_body=config.max_body_size)
-        self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, limits)
+        self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, config.http_limits())
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
 

@@ -10,6 +10,7 @@ from balancer.health import HealthSettings
 from balancer.policy import POLICIES
 from balancer.replicas import ReplicaSettings
 from balancer.router import RouterSettings
+from common.http_limits import HttpLimits
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 
@@ -48,6 +49,10 @@ class BalancerConfig:
     redis_timeout: float = 0.1  # per Redis call
     redis_breaker_cooldown: float = 30.0  # seconds the breaker stays open before probing Redis again
     max_body_size: int = 64 << 20
+    max_connections: int = 4096
+    max_buffered_body: int = 0  # request bodies held by the whole process; 0: max(256 MiB, 4 x max body)
+    write_timeout: float = 30.0
+    max_upstream_answer: int = 64 << 20
     connect_timeout: float = 1.0
     try_timeout: float = 60.0
     request_timeout: float = 60.0  # a request's deadline unless it sends X-Request-Timeout
@@ -75,6 +80,14 @@ class BalancerConfig:
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
     log_level: str = "INFO"
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_body=self.max_body_size,
+            max_connections=self.max_connections,
+            max_buffered_body=self.max_buffered_body,
+            write_timeout=self.write_timeout,
+        )
 
     def __post_init__(self) -> None:
         if not (self.workers or self.workers_dns or self.workers_redis):

@@ -37,12 +37,11 @@ from balancer.replicas import ReplicaScaler
 from balancer.residency import Residency
 from balancer.transport import Transport, UpstreamResponse
 from protocol.deadline import REQUEST_TIMEOUT_HEADER
-from protocol.errors import DeadlineExceeded, Overloaded, Unavailable, UpstreamUnavailable
+from protocol.errors import AnswerTooLarge, DeadlineExceeded, Overloaded, Unavailable, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset((502, 503, 504))
-COUNTED_ERRORS = frozenset(("connect", "reset", "timeout"))  # failures before an answer
 
 
 # One try at the worker with this id; raises UpstreamError when it fails before answering.
@@ -159,8 +158,10 @@ class Router:
                     status = resp.status
                     failure = f"status_{status}" if status in RETRYABLE_STATUS else ""
                 except UpstreamError as exc:
-                    if exc.kind not in COUNTED_ERRORS:  # an answer over the size limit: the same again elsewhere
-                        raise UpstreamUnavailable("the worker's answer could not be passed on") from None
+                    if exc.kind == "too_large":  # the model's answer, not the worker's health: no retry
+                        raise AnswerTooLarge(
+                            "the model's answer is over the balancer's --max-upstream-answer"
+                        ) from None
                     resp, status, failure = None, 0, exc.kind
                 finally:
                     members.end(worker)

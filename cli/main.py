@@ -13,6 +13,14 @@ from common import __version__
 from common.auth import ADMIN_TOKEN_ENV
 
 
+def _http_flags(f: Flags) -> None:
+    """The HTTP server's limits, the same for both servers."""
+    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    f.add("--max-connections", "open client connections (past it: 503)", type=int, default=4096)
+    f.add("--max-buffered-body", "request bytes held by the process (0: max(256MiB, 4 bodies))", type=size, default="0")
+    f.add("--write-timeout", "seconds an answer may wait for a client that does not read", type=float, default=30.0)
+
+
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run one model server (V2 REST)")
     f = Flags(p, "worker")
@@ -22,7 +30,7 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
     f.add("--max-loads", "model loads at once", type=int, default=1)
-    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add(
         "--capacity",
@@ -67,7 +75,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--cache-max-entry", "largest answer stored", type=size, default="1MiB")
     f.add("--redis-timeout", "seconds for one Redis call (a slower one is a miss)", type=float, default=0.1)
     f.add("--redis-breaker-cooldown", "seconds Redis is left alone after repeated failures", type=float, default=30.0)
-    f.add("--max-body-size", "largest request body", type=size, default="64MiB")
+    _http_flags(f)
+    f.add("--max-upstream-answer", "largest answer read from a worker", type=size, default="64MiB")
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)
     f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)
     f.add("--request-timeout", "a request's deadline unless it sends X-Request-Timeout", type=float, default=60.0)

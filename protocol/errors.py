@@ -9,6 +9,7 @@
     ├── PayloadTooLarge         413  RESOURCE_EXHAUSTED body, message or tensor over a limit
     ├── ModelUnavailable        500  INTERNAL           the model's own failure: load, config or execution
     ├── UpstreamUnavailable     502  UNAVAILABLE        every worker tried failed before answering (Retry-After)
+    ├── AnswerTooLarge          502  RESOURCE_EXHAUSTED a worker's answer is over the balancer's limit
     ├── Unavailable             503  UNAVAILABLE        not ready, draining, no healthy worker (Retry-After)
     │   └── Overloaded                                  a bounded queue or cap is full (Retry-After)
     ├── DeadlineExceeded        504  DEADLINE_EXCEEDED  the request's deadline passed
@@ -76,6 +77,14 @@ class UpstreamUnavailable(ProtocolError):
     status = 502
     grpc_code = "UNAVAILABLE"
     retry_after = 1
+
+
+class AnswerTooLarge(ProtocolError):
+    """A worker's answer is over the balancer's limit: the model's own doing, so
+    neither retried nor counted against the worker."""
+
+    status = 502
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(ProtocolError):

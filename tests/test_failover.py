@@ -97,3 +97,18 @@ def test_no_worker_left_is_a_502_with_retry_after(zoo: Path, logdir: Path) -> No
         assert resp.status == 502
         assert resp.headers["retry-after"] == "1"
         assert "error" in resp.json()
+
+
+def test_an_answer_over_the_limit_is_a_502_and_is_not_retried(zoo: Path, logdir: Path) -> None:
+    from tests.metrics_text import metric_sum
+
+    # Room for the index and metadata the balancer reads, not for a 64-row answer (~8 KB).
+    with private_cluster(zoo, logdir, 2, "--max-upstream-answer", "4000") as (workers, balancer):
+        body = infer_body(sample_inputs(zoo, "mlp-00", 64, 11))
+        resp = request(balancer.url, "POST", "/v2/models/mlp-00/infer", body)
+        assert resp.status == 502 and "max-upstream-answer" in resp.json()["error"]
+        served = [
+            metric_sum(request(w.url, "GET", "/metrics").body.decode(), "affinity_requests_total", model="mlp-00")
+            for w in workers
+        ]
+        assert sorted(served) == [0, 1], "the model's own answer is not retried on another worker"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common.http_server import HttpLimits, HttpServer
+from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.registration import Heartbeat, Registration
 from common.rest import render_error
@@ -34,7 +34,7 @@ class Worker:
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
-        limits = HttpLimits(max_body=self.config.max_body_size)
+        limits = self.config.http_limits()
         self.http = HttpServer(WorkerHandlers(service).routes(), render_error, limits, server_name=SERVER_NAME)
         try:
             self.port = await self.http.start(self.config.host, self.config.port)

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.http_limits import HttpLimits
+
 # What a worker reports as its capacity (its weight on the balancer's ring) when
 # neither --capacity nor a memory budget says otherwise.
 DEFAULT_CAPACITY = 8 << 30
@@ -20,6 +22,9 @@ class WorkerConfig:
     threads: int = 0  # inference threads; 0: all cores
     max_loads: int = 1
     max_body_size: int = 64 << 20
+    max_connections: int = 4096
+    max_buffered_body: int = 0  # request bodies held by the whole process; 0: max(256 MiB, 4 x max body)
+    write_timeout: float = 30.0
     max_elements: int = 1 << 26
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
@@ -28,6 +33,14 @@ class WorkerConfig:
     register_ttl: float = 10.0  # seconds a registration lives without a heartbeat
     advertise: str = ""  # the base URL balancers reach this worker at (default http://host:port)
     log_level: str = "INFO"
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_body=self.max_body_size,
+            max_connections=self.max_connections,
+            max_buffered_body=self.max_buffered_body,
+            write_timeout=self.write_timeout,
+        )
 
     def __post_init__(self) -> None:
         if not self.models.is_dir():
