@@ -165,3 +165,16 @@ def test_a_spill_lands_on_a_worker_that_holds_the_model(zoo: Path, logdir: Path)
         text = scrape(balancer)
         assert metric_sum(text, "affinity_route_decisions_total", decision="resident_spill") == served[holder]
         assert metric_sum(text, "affinity_route_decisions_total", decision="spill") == 0
+
+
+def test_a_worker_answers_504_when_loading_used_up_the_deadline(zoo: Path, logdir: Path) -> None:
+    worker = start_worker(zoo, logdir).wait_ready()
+    try:
+        body = infer_body(sample_inputs(zoo, "cnn-01", 1, 3))
+        path = "/v2/models/cnn-01/infer"
+        late = request(worker.url, "POST", path, body, {"X-Request-Timeout": "0"})
+        assert late.status == 504 and "deadline" in late.json()["error"]
+        assert request(worker.url, "POST", path, body, {"X-Request-Timeout": "30"}).status == 200
+        assert request(worker.url, "POST", path, body, {"X-Request-Timeout": "-1"}).status == 400
+    finally:
+        worker.proc.stop()
