@@ -128,17 +128,22 @@ class BoundedLoadPolicy:
 
     def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
         scale = self.balance_factor * (sum(loads.values()) + 1)
-        equal = 1.0 / max(len(loads), 1)
+        equal = 1.0 / (len(loads) or 1)
         shares = self.context.shares
+        home = self.home(model, candidates)
+        if len(home) == 1:  # the common case, without a closure: the owner under its cap
+            owner = home[0]
+            if loads.get(owner, 0) < math.ceil(scale * (shares.get(owner) or equal)):
+                return owner
 
         def room(worker: str) -> float:
             """Cap minus load: positive when the worker may take the request."""
             return math.ceil(scale * (shares.get(worker) or equal)) - loads.get(worker, 0)
 
-        home = self.home(model, candidates)
-        best = max(home, key=room)  # the first in ring order among equals
-        if room(best) > 0:
-            return best
+        if len(home) > 1:
+            best = max(home, key=room)  # the first in ring order among equals
+            if room(best) > 0:
+                return best
         chosen = self.spill(model, candidates[len(home) :], lambda w: room(w) > 0)
         if chosen is not None:
             return chosen

@@ -168,7 +168,7 @@ class Router:
                     metrics.upstream_try(worker, time.perf_counter() - started)
                 if not failure:
                     health.success(worker)
-                    if status == 200:
+                    if status == 200 and not self.residency.holds(model, worker):
                         self.residency.seen(model, worker, resp.headers.get("X-Model-Source"))  # type: ignore[union-attr]
                     metrics.route(decision)
                     return resp, worker  # type: ignore[return-value]
