@@ -43,6 +43,7 @@ from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
+from common.loop_lag import LoopLag
 from common.rest import render_error
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Balancer:
         self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
         self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, config.http_limits())
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
 
     # what the metrics read when scraped
@@ -134,9 +136,11 @@ class Balancer:
         self._tasks.add(task)
 
     async def start(self) -> None:
+        await self.service.rules.start()
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
         except OSError:
+            await self.service.rules.close()
             await self.transport.close()
             await self.service.cache.close()
             await self.discovery.close()
@@ -146,6 +150,7 @@ class Balancer:
         self._spawn(self._upkeep)
         if self.config.health_interval > 0:
             self._spawn(self.prober.run)
+        self._spawn(self.loop_lag.run)
         log.info(
             "balancer on http://%s:%d, workers from %s discovery (policy %s, cache %s)",
             self.config.host, self.port, self.source.name, self.config.policy,
@@ -201,7 +206,7 @@ class Balancer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flights.cancel_all()
-        self.service.rules.close()
+        await self.service.rules.close()
         await self.service.cache.close()
         await self.discovery.close()
         await self.transport.close()

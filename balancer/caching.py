@@ -9,7 +9,8 @@
   raw bodies with no JSON work at all;
 - large bodies never stall the event loop: above ``large_body`` bytes the
   memo's digest is taken in a thread (hashlib releases the GIL) and the key is
-  derived in a separate process, so cache hits keep flowing meanwhile;
+  derived in a separate process (``cache.key_process``), so cache hits keep
+  flowing meanwhile;
 - store rule: a 200 JSON answer of a request whose plan says store, without its
   ``id`` (spliced back on every hit), within the entry size limit, for the
   model's TTL.
@@ -18,18 +19,21 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import logging
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import orjson
 
 from balancer.index import ModelInfo
 from balancer.plan import InferCall, RequestPlan
 from cache.entry import CachedAnswer
-from cache.keys import KeyMemo, json_key_request, key_from_json_body, request_id_of, typed_key
+from cache.key_process import KeyProcess
+from cache.keys import KeyMemo, json_key_request, request_id_of, typed_key
 from cache.response_cache import ResponseCache
 from protocol.json_body import loads_object, strip_id
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 LARGE_BODY = 128 << 10
@@ -58,14 +62,14 @@ class CacheRules:
         self.large_body = large_body
         self._on_store = on_store  # "stored" or a reason from SKIP_REASONS
         self._threads: Executor | None = None
-        self._processes: Executor | None = None
+        self.key_process = KeyProcess()
 
     def memo_hit(self, info: ModelInfo, version: str, call: InferCall) -> CachedAnswer | None:
         """A repeated small payload's answer, found by its raw bytes (no parsing)."""
         if call.cache_control is not None or len(call.body) > self.large_body:
             return None
         scope = info.scope(version)
-        if scope is None or not self.memo.eligible(call.body):
+        if scope is None:
             return None
         key = self.memo.get(scope, self.memo.ref(call.body))
         return self.cache.get_local(key) if key is not None else None
@@ -86,7 +90,7 @@ class CacheRules:
         obj = loads_object(call.body)
         request_id = request_id_of(obj)
         key = typed_key(scope, json_key_request(obj))
-        if request_id is None and self.memo.eligible(call.body):
+        if request_id is None:
             self.memo.put(scope, self.memo.ref(call.body), key)
         if not store:
             self._on_store("no_store")
@@ -98,32 +102,26 @@ class CacheRules:
         assert scope is not None
         loop = asyncio.get_running_loop()
         body = call.body
-        ref = None
-        key = None
-        if self.memo.eligible(body):
-            ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
-            key = self.memo.get(scope, ref)
+        ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
+        key = self.memo.get(scope, ref)
         request_id = None
         if key is None:
-            derived, request_id = await loop.run_in_executor(self._process_pool(), key_from_json_body, body, scope)
-            if ref is not None and request_id is None:
+            derived, request_id = await self.key_process.derive(body, scope)
+            if request_id is None:
                 self.memo.put(scope, ref, derived)
             key = derived
         if not store:
             self._on_store("no_store")
         return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl)
 
+    async def start(self) -> None:
+        """Start the key process before the balancer reports ready."""
+        await self.key_process.start()
+
     def _thread_pool(self) -> Executor:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(2, thread_name_prefix="digest")
         return self._threads
-
-    def _process_pool(self) -> Executor:
-        # A process of its own: JSON parsing holds the GIL, so a thread would still
-        # stall the loop. Spawned, not forked (the parent runs threads and a loop).
-        if self._processes is None:
-            self._processes = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return self._processes
 
     def keep(self, plan: RequestPlan, status: int, content_type: str, body: bytes, worker: str) -> bytes | None:
         """The id-free body of a 200 JSON answer (stored when the plan says so), or
@@ -151,7 +149,7 @@ class CacheRules:
             self.cache.release(plan.key)  # waiting balancers go upstream themselves
         return stripped
 
-    def close(self) -> None:
-        for pool in (self._threads, self._processes):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        await self.key_process.close()

@@ -212,10 +212,7 @@ class BalancerService:
         """Coalescing across balancers: when another balancer holds the key's lock,
         wait (bounded) for the answer it stores; None means go upstream ourselves."""
         assert plan.key is not None and self.cache.remote is not None
-        hold = self.config.cache_lock_timeout
-        if await self.cache.remote.claim(plan.key, hold):
-            return None
-        stored = await self.cache.wait_remote(plan.key, hold)
+        stored = await self.cache.claim_or_wait(plan.key, self.config.cache_lock_timeout)
         if stored is None:
             return None
         self.metrics.coalesced.labels("remote").value += 1

@@ -172,8 +172,9 @@ class KeyMemo:
     Sound because the key is a pure function of (scope, raw body). Small bodies
     are remembered by their bytes; larger ones by a 128-bit blake2b digest of
     their bytes (``ref``, which callers may compute off the event loop: hashlib
-    releases the GIL on large buffers). Only bodies without an ``"id"`` member
-    text are remembered (an id must be read to be echoed). The memo forgets
+    releases the GIL on large buffers). Only bodies that carried no ``id`` are
+    remembered (an id must be read to be echoed), so a lookup needs no check: a
+    body with an id can never equal a remembered one. The memo forgets
     everything when it reaches ``max_entries`` (a bound, not a policy).
     """
 
@@ -181,10 +182,6 @@ class KeyMemo:
         self.max_entries = max_entries
         self.inline_body = inline_body
         self._keys: dict[tuple[KeyScope, bytes], str] = {}
-
-    @staticmethod
-    def eligible(body: bytes) -> bool:
-        return b'"id"' not in body
 
     def ref(self, body: bytes) -> bytes:
         if len(body) <= self.inline_body:

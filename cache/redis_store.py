@@ -81,13 +81,23 @@ class RedisStore:
         pipe.delete(lock_key(key))
         return bool(await self._call("set", pipe.execute(), False))
 
-    async def claim(self, key: str, hold: float) -> bool:
-        """True when this process should compute the answer: it took the lock, or
-        Redis cannot say (fail open); False when another process holds it."""
-        taken = await self._call(
-            "lock", self._client.set(lock_key(key), self.token, nx=True, px=int(hold * 1000)), True
-        )
-        return bool(taken)
+    async def claim(self, key: str, hold: float) -> tuple[bool, bytes | None]:
+        """(claimed, entry): claimed when this process should compute the answer (it
+        took the lock, or Redis cannot say: fail open); the entry when another
+        process stored it since this one looked (checked in the same round trip,
+        so no answer stored between a miss and a claim is ever computed again)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(lock_key(key), self.token, nx=True, px=max(1, int(hold * 1000)))
+        pipe.get(key)
+        found = await self._call("lock", pipe.execute())
+        if found is None:
+            return True, None
+        taken, value = found
+        if isinstance(value, bytes):
+            if taken:
+                await self.release(key)
+            return False, value
+        return bool(taken), None
 
     async def release(self, key: str) -> None:
         await self._call("unlock", self._client.delete(lock_key(key)))
@@ -98,13 +108,15 @@ class RedisStore:
         deadline = time.monotonic() + limit
         pause = 0.002
         while time.monotonic() < deadline:
+            # The lock first, then the entry: a holder stores before it unlocks, so
+            # "unlocked and no entry" can only mean it gave up.
             pipe = self._client.pipeline(transaction=False)
-            pipe.get(key)
             pipe.exists(lock_key(key))
+            pipe.get(key)
             found = await self._call("wait", pipe.execute())
             if found is None:
                 return None
-            value, locked = found
+            locked, value = found
             if isinstance(value, bytes):
                 return value
             if not locked:

@@ -52,11 +52,16 @@ class ResponseCache:
         raw = await self.remote.get(key)
         return None if raw is None else self._admit(key, raw)
 
-    async def wait_remote(self, key: str, limit: float) -> CachedAnswer | None:
-        """The answer another balancer holds the lock for, once it is stored."""
+    async def claim_or_wait(self, key: str, hold: float) -> CachedAnswer | None:
+        """Coalescing across processes: None when this process should compute the
+        answer (it holds the key's lock now, or Redis cannot say); otherwise the
+        answer another process computed, waited for up to ``hold`` seconds (None
+        again when it gave up or took too long: compute it then)."""
         if self.remote is None:
             return None
-        raw = await self.remote.wait(key, limit)
+        claimed, raw = await self.remote.claim(key, hold)
+        if raw is None and not claimed:
+            raw = await self.remote.wait(key, hold)
         return None if raw is None else self._admit(key, raw)
 
     def _admit(self, key: str, raw: bytes) -> CachedAnswer | None:

@@ -143,12 +143,15 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     f = Flags(p, "bench")
     p.add_argument(
         "scenario",
-        choices=["overhead", "routing"],
-        help="overhead: balancer vs nginx vs direct, one run; routing: policies side by side under memory pressure",
+        choices=["overhead", "cache", "routing"],
+        help="overhead: balancer vs nginx vs direct; cache: hit and miss paths, large bodies, repeat rates; "
+        "routing: policies side by side under memory pressure",
     )
     f.add("--duration", "seconds per row", type=float, default=8.0)
-    f.add("--connections", "overhead: concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "model repository (default: a generated zoo)", type=Path)
+    f.add("--samples", "sequential requests per latency row (cache)", type=int, default=2000)
+    f.add("--out", "directory for reports and plots (cache; routing: default results/bench-routing)", type=Path)
+    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
+    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
     f.add("--rate", "routing: requests a second, Zipf 1.1 over the zoo", type=float, default=40.0)
     f.add("--skew-rate", "routing: requests a second, Zipf 3 (one model takes ~80%)", type=float, default=120.0)
     f.add("--warmup", "routing: seconds of load before measuring", type=float, default=4.0)
@@ -156,7 +159,6 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--policies", "routing: comma-separated policies", default="affinity,round-robin,consistent,least-loaded")
     f.add("--zoo-count", "routing: models in the generated zoo", type=int, default=24)
     f.add("--seed", "routing: the load generator's seed (the same for every policy)", type=int, default=1)
-    f.add("--out", "routing: directory for the reports and the table", type=Path, default=Path("results/bench-routing"))
     p.set_defaults(run=_run_bench)
 
 
@@ -202,6 +204,10 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "cache":
+        from cli.bench_cache import run_cache
+
+        return run_cache(args.samples, args.duration, args.out)
     if args.scenario == "routing":
         from cli.bench_routing import run_routing
 
@@ -211,7 +217,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
         return run_routing(
             args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
-            args.zoo_count, args.out, args.seed,
+            args.zoo_count, args.out or Path("results/bench-routing"), args.seed,
         )  # fmt: skip
     from cli.bench import run_overhead
 

@@ -171,7 +171,7 @@ def test_a_hostile_entry_in_redis_is_a_miss_and_never_becomes_headers(
     assert second.status == 200 and second.headers["x-cache"] == "miss"
     assert "x-evil" not in second.headers
     assert second.json()["outputs"] == first.json()["outputs"]
-    assert scrape(b, "affinity_cache_invalid_entries_total") == invalid_before + 1
+    assert scrape(b, "affinity_cache_invalid_entries_total") > invalid_before, "refused and counted"
 
 
 def test_what_must_not_be_stored_is_not(balancer: Server, workers: list[Server], zoo: Path, logdir: Path) -> None:

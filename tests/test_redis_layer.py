@@ -64,17 +64,18 @@ def test_one_process_claims_a_key_the_others_wait_for_its_answer(redis_server: R
     async def main() -> None:
         a = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
         b = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
-        assert a.remote is not None and b.remote is not None
+        assert b.remote is not None
         key = "affinity:v2:test:{claimed}"
-        assert await a.remote.claim(key, 5.0), "the first to miss computes"
-        assert not await b.remote.claim(key, 5.0), "the second waits"
-        waiting = asyncio.ensure_future(b.wait_remote(key, 5.0))
+        assert await a.claim_or_wait(key, 5.0) is None, "the first to miss computes"
+        waiting = asyncio.ensure_future(b.claim_or_wait(key, 5.0))
         await asyncio.sleep(0.05)
-        assert not waiting.done()
+        assert not waiting.done(), "the second waits"
         a.put(key, b'{"outputs":[7]}', "w:1", release=True)
         found = await asyncio.wait_for(waiting, 5.0)
         assert found is not None and found.body == b'{"outputs":[7]}'
-        assert await b.remote.claim(key, 5.0), "storing released the lock"
+        claimed, stored = await b.remote.claim(key, 5.0)
+        assert not claimed and stored is not None, "a late claimer finds the answer instead of computing it"
+        assert await b.remote.get("affinity:lock:{claimed}") is None, "and leaves no lock behind"
         await a.close()
         await b.close()
 
@@ -85,10 +86,9 @@ def test_a_holder_that_stores_nothing_releases_its_waiters(redis_server: RedisSe
     async def main() -> None:
         a = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
         b = ResponseCache(1 << 20, ttl=60, remote=RedisStore(redis_server.url))
-        assert a.remote is not None and b.remote is not None
         key = "affinity:v2:test:{abandoned}"
-        assert await a.remote.claim(key, 30.0)
-        waiting = asyncio.ensure_future(b.wait_remote(key, 30.0))
+        assert await a.claim_or_wait(key, 30.0) is None
+        waiting = asyncio.ensure_future(b.claim_or_wait(key, 30.0))
         await asyncio.sleep(0.05)
         a.release(key)  # e.g. the answer was a 500: nothing to store
         assert await asyncio.wait_for(waiting, 5.0) is None, "the waiter stops waiting and goes upstream itself"
