@@ -13,9 +13,13 @@ Reported per row: p50 and p99 latency (from scheduled send times), throughput
 ``X-Model-Source`` was not ``cpu``/``gpu``). Ratios are taken within the run:
 the machine is shared and noisy.
 
-Memory budgets: each worker gets ``--cpu-memory`` = (zoo bytes / 2) /
-workers, when the worker takes that flag; until the memory manager is wired a
-worker keeps every model it loads, and the table says so.
+Memory budgets: each worker gets ``--cpu-memory`` = half the zoo's bytes (when
+the worker takes that flag; until the memory manager is wired a worker keeps
+every model it loads, and the table says so). No worker can hold every model,
+so a worker that sees every model (round-robin, least-loaded) keeps paging
+them in and out; the cluster's memory together (1.5x the zoo with three
+workers) holds every model once when each model stays on its owners, which is
+what affinity is for.
 """
 
 from __future__ import annotations
@@ -137,9 +141,9 @@ def run_routing(
             from worker.zoo import make_zoo
 
             models = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-")))
-            make_zoo(models, count=zoo_count, min_size=2 << 20, max_size=8 << 20)
+            make_zoo(models, count=zoo_count, min_size=8 << 20, max_size=32 << 20)
         total = zoo_bytes(models)
-        budget = total // 2 // workers if worker_takes("--cpu-memory", "1MiB") else None
+        budget = total // 2 if worker_takes("--cpu-memory", "1MiB") else None
         if budget is None:
             print("workers take no --cpu-memory yet: every model stays in memory once loaded", file=sys.stderr)
         rows = []
