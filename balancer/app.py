@@ -25,6 +25,8 @@ from balancer.admin import AdminService
 from balancer.budget import RetryBudget
 from balancer.config import BalancerConfig
 from balancer.discovery import AddressSource, Discovery, StaticSource
+from balancer.grpc_client import GrpcUpstream
+from balancer.grpc_front import BalancerServicer
 from balancer.handlers import BalancerHandlers
 from balancer.health import HealthBook
 from balancer.http_client import HttpClient
@@ -41,6 +43,7 @@ from balancer.transport import Transport
 from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
+from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
@@ -94,6 +97,7 @@ class Balancer:
         router = Router(
             members, policy, self.transport, metrics, config.router_settings(), budget, self.replicas, self.residency
         )
+        self.grpc_upstream = GrpcUpstream(config.grpc_max_message) if config.grpc_port else None
         self.service = BalancerService(
             config=config,
             members=members,
@@ -101,6 +105,7 @@ class Balancer:
             router=router,
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
+            grpc=self.grpc_upstream,
         )
         self.admin = AdminService(
             members, index, self.transport, self.replicas, self.residency, config.policy, config.admin_token,
@@ -109,9 +114,13 @@ class Balancer:
         metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts)
         self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
         self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, config.http_limits())
+        self.grpc: GrpcListener | None = None
+        if config.grpc_port:
+            self.grpc = GrpcListener(BalancerServicer(self.service).handlers(), config.grpc_max_message)
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
+        self.grpc_port: int | None = None
 
     # what the metrics read when scraped
 
@@ -139,7 +148,11 @@ class Balancer:
         await self.service.rules.start()
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
+            if self.grpc is not None:
+                self.grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port)
+                await self.grpc.set_serving()
         except OSError:
+            await self.http.shutdown(0)
             await self.service.rules.close()
             await self.transport.close()
             await self.service.cache.close()
@@ -152,9 +165,9 @@ class Balancer:
             self._spawn(self.prober.run)
         self._spawn(self.loop_lag.run)
         log.info(
-            "balancer on http://%s:%d, workers from %s discovery (policy %s, cache %s)",
-            self.config.host, self.port, self.source.name, self.config.policy,
-            "redis" if self.config.redis_url else "in-process",
+            "balancer on http://%s:%d%s, workers from %s discovery (policy %s, cache %s)",
+            self.config.host, self.port, f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "",
+            self.source.name, self.config.policy, "redis" if self.config.redis_url else "in-process",
         )  # fmt: skip
 
     async def refresh(self) -> None:
@@ -198,10 +211,18 @@ class Balancer:
 
     def begin_drain(self) -> None:
         self.service.draining = True
+        if self.grpc is not None:
+            task = asyncio.get_running_loop().create_task(self.grpc.drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         self.begin_drain()
-        await self.http.shutdown(self.config.shutdown_timeout)
+        grace = self.config.shutdown_timeout
+        if self.grpc is not None:
+            await asyncio.gather(self.http.shutdown(grace), self.grpc.stop(grace))
+        else:
+            await self.http.shutdown(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -210,6 +231,8 @@ class Balancer:
         await self.service.cache.close()
         await self.discovery.close()
         await self.transport.close()
+        if self.grpc_upstream is not None:
+            await self.grpc_upstream.close()
 
 
 async def serve(config: BalancerConfig) -> int:

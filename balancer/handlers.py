@@ -16,18 +16,14 @@ from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
+from protocol import binary_codec
 from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
 from protocol.errors import BadRequest
 from protocol.json_body import loads_object
+from protocol.stats import stats_body
 
-BINARY_HEADER = "inference-header-content-length"
+BINARY_HEADER = binary_codec.HEADER_KEY
 TIMEOUT_HEADER = REQUEST_TIMEOUT_HEADER.lower()
-
-
-def check_json_request(headers: dict[str, str]) -> None:
-    """Refuse, clearly, a request in the binary tensor data extension (not served yet)."""
-    if BINARY_HEADER in headers:
-        raise BadRequest("the binary tensor data extension is not supported yet: send the request as JSON")
 
 
 def render(answer: Answer) -> Response:
@@ -58,6 +54,7 @@ class BalancerHandlers:
                 model_config=self.model_config,
                 repository_index=self.repository_index,
                 metrics=self.metrics,
+                model_stats=self.model_stats,
                 repository_load=self.repository_load,
                 repository_unload=self.repository_unload,
             )
@@ -69,17 +66,30 @@ class BalancerHandlers:
 
     def infer(self, request: Request) -> Response | Awaitable[Response]:
         headers = request.headers
-        check_json_request(headers)
         match = request.match
-        timeout = headers.get(TIMEOUT_HEADER)
-        call = InferCall(
-            match["name"],
-            match.get("version"),
-            request.body,
-            headers.get("content-type", JSON),
-            headers.get("cache-control"),
-            timeout=parse_request_timeout(timeout) if timeout is not None else None,
-        )
+        length = headers.get(BINARY_HEADER)
+        given = headers.get(TIMEOUT_HEADER)
+        timeout = parse_request_timeout(given) if given is not None else None
+        if length is None:
+            call = InferCall(
+                match["name"],
+                match.get("version"),
+                request.body,
+                headers.get("content-type", JSON),
+                headers.get("cache-control"),
+                timeout=timeout,
+            )
+        else:  # the binary tensor data extension: forwarded as it came, keyed from its raw bytes
+            call = InferCall(
+                match["name"],
+                match.get("version"),
+                request.body,
+                headers.get("content-type", binary_codec.CONTENT_TYPE),
+                headers.get("cache-control"),
+                encoding="binary",
+                header_length=binary_codec.header_length(length),
+                timeout=timeout,
+            )
         outcome = self.service.infer(call)
         return render(outcome) if isinstance(outcome, Answer) else _render_later(outcome)
 
@@ -95,6 +105,10 @@ class BalancerHandlers:
     async def model_config(self, request: Request) -> Response:
         match = request.match
         return json_response(await self.service.model_config(match["name"], match.get("version")))
+
+    async def model_stats(self, request: Request) -> Response:
+        match = request.match
+        return json_response(stats_body(await self.service.model_stats(match["name"], match.get("version"))))
 
     def server_metadata(self, request: Request) -> Response:
         return json_response(self.service.server_metadata().to_json())

@@ -258,8 +258,8 @@ class HttpClient:
         )  # fmt: skip
         if content_type:
             head += b"Content-Type: %s\r\n" % content_type.encode("latin-1")
-        if headers:
-            head += b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+        for name, value in (headers or {}).items():
+            head += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         data = head + b"\r\n" + payload
         if try_timeout is None:
             try_timeout = self.try_timeout

@@ -85,22 +85,33 @@ class Router:
         path: str,
         body: bytes | None = None,
         content_type: str | None = None,
+        headers: dict[str, str] | None = None,
         deadline: float | None = None,
     ) -> tuple[UpstreamResponse, str]:
         """One REST exchange for ``model``: the answer and the id of the worker that
-        gave it. With a ``deadline`` (``time.monotonic()`` seconds), each try is cut
-        at it and tells the worker how long it has left."""
+        gave it (``headers``: more request headers, such as the binary extension's).
+        With a ``deadline`` (``time.monotonic()`` seconds), each try is cut at it and
+        tells the worker how long it has left."""
         transport, addresses, try_timeout = self.transport, self.members.addresses, self.settings.try_timeout
         if deadline is None:
+            if headers:
+                return await self.call(
+                    model, lambda w: transport.send(addresses[w].http, method, path, body, content_type, headers)
+                )
             return await self.call(model, lambda w: transport.send(addresses[w].http, method, path, body, content_type))
 
         def attempt(worker: str) -> Awaitable[UpstreamResponse]:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded("the request's deadline passed")
-            headers = {REQUEST_TIMEOUT_HEADER: f"{left:.3f}"}
-            timeout = min(left, try_timeout)
-            return transport.send(addresses[worker].http, method, path, body, content_type, headers, timeout)
+            sent = (
+                {**headers, REQUEST_TIMEOUT_HEADER: f"{left:.3f}"}
+                if headers
+                else {REQUEST_TIMEOUT_HEADER: f"{left:.3f}"}
+            )
+            return transport.send(
+                addresses[worker].http, method, path, body, content_type, sent, min(left, try_timeout)
+            )
 
         return await self.call(model, attempt, deadline)
 

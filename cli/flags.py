@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from common.units import parse_size
+from common.units import Amount, parse_amount, parse_size
 
 T = TypeVar("T")
 
@@ -25,6 +25,14 @@ def env_name(command: str, flag: str) -> str:
 def size(text: str) -> int:
     try:
         return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def amount(text: str) -> Amount:
+    """A budget: a size (``4GiB``) or a share of what the machine has (``50%``)."""
+    try:
+        return parse_amount(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -42,15 +50,16 @@ class Flags:
         default: Any = None,
         required: bool = False,
         env: str | None = None,
+        secret: bool = False,
         **kwargs: Any,
     ) -> None:
         """``env``: the variable to read instead of the command's own (only the
-        shared admin token has one)."""
+        shared admin token has one); ``secret``: never show its value in ``--help``."""
         env = env or env_name(self.command, flag)
         from_env = os.environ.get(env)
         if from_env is not None:
             default, required = from_env, False  # argparse applies ``type`` to string defaults
-        shown = "" if default is None else f" (default: {default})"
+        shown = "" if default is None or secret else f" (default: {default})"
         self.parser.add_argument(
             flag, type=type, default=default, required=required, help=f"{help}{shown} [env {env}]", **kwargs
         )

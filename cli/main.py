@@ -7,10 +7,29 @@ import sys
 from pathlib import Path
 
 from balancer.policy import POLICIES
+from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
-from cli.flags import Flags, config_from, size
+from cli.flags import Flags, amount, config_from, size
 from common import __version__
 from common.auth import ADMIN_TOKEN_ENV
+
+
+def _memory_flags(f: Flags, cpu: str | None, gpu: str | None) -> None:
+    """The memory tiers' flags, the same for ``worker`` and for ``up`` (which hands them to every
+    worker; its budget defaults are shares split between the workers)."""
+    f.add("--cpu-memory", "CPU tier budget: a size, or a share of RAM", type=amount, default=cpu)
+    f.add("--gpu-memory", "GPU tier budget: a size, or a share of the device's memory; 0: off", type=amount,
+          default=gpu)  # fmt: skip
+    f.add("--device", "GPU tier device: auto (CUDA when present), none, cuda[:N], stand-in (tests)", default="auto")
+    f.add("--eviction", "eviction policy: lru or gds (GreedyDual-Size: reload cost per byte, aged)", default="lru")
+    f.add("--disk-cache-dir", "directory for models downloaded from the remote store (default: a temp dir)", type=Path)
+    f.add("--disk-cache", "disk cache budget", type=size, default="10GiB")
+    f.add("--remote-store", "remote model store: s3://bucket/prefix or file:///dir")
+    f.add("--remote-endpoint", "S3-compatible endpoint URL (MinIO, ...); credentials from AWS_* as boto3 reads them")
+    f.add("--max-loads", "model loads at once", type=int, default=1)
+    f.add("--rescan-interval", "seconds between repository and store rescans (0: at start and on load)",
+          type=float, default=10.0)  # fmt: skip
+    f.add("--admin-token", "token for the repository load/unload and /admin routes", env=ADMIN_TOKEN_ENV, secret=True)
 
 
 def _http_flags(f: Flags) -> None:
@@ -22,22 +41,20 @@ def _http_flags(f: Flags) -> None:
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run one model server (V2 REST)")
+    p = sub.add_parser("worker", help="run one model server (V2 REST and gRPC)")
     f = Flags(p, "worker")
-    f.add("--models", "model repository directory (<root>/<name>/<version>/)", type=Path, required=True)
+    f.add("--models", "model repository directory (<root>/<name>/<version>/), read-only", type=Path)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8100)
+    f.add("--grpc-port", "gRPC port (0: no gRPC)", type=int, default=8101)
+    f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
-    f.add("--max-loads", "model loads at once", type=int, default=1)
+    _memory_flags(f, "50%", "80%")
+    f.add("--load-wait", "seconds a load waits for room held by models in use (then 503)", type=float, default=30.0)
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
-    f.add(
-        "--capacity",
-        "capacity reported to balancers, its weight on the ring (0: memory budget)",
-        type=size,
-        default="0",
-    )
+    f.add("--capacity", "capacity reported to balancers, its ring weight (0: the CPU budget)", type=size, default="0")
     f.add("--register-redis", "keep a registration (heartbeat key with a TTL) in this Redis for balancers to find")
     f.add("--register-ttl", "seconds a registration outlives its last heartbeat", type=float, default=10.0)
     f.add("--advertise", "base URL balancers reach this worker at (default http://host:port)", default="")
@@ -55,9 +72,12 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--discovery-interval", "seconds between membership refreshes", type=float, default=5.0)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8000)
+    f.add("--grpc-port", "gRPC port (0: no gRPC front)", type=int, default=8001)
+    f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
     f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
-    f.add("--admin-token", "token the admin routes require, sent to workers' repository routes", env=ADMIN_TOKEN_ENV)
+    f.add("--admin-token", "token the admin routes require, sent to the workers' repository routes",
+          env=ADMIN_TOKEN_ENV, secret=True)  # fmt: skip
     f.add("--redis-url", "Redis URL for the shared cache layer (redis+cluster://host:port for a cluster)")
     f.add("--cache-size", "in-process cache size", type=size, default="256MiB")
     f.add(
@@ -94,9 +114,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--ejection-time", "seconds of a first ejection (doubles each time in a row)", type=float, default=30.0)
     f.add("--max-ejection-time", "longest ejection", type=float, default=300.0)
     f.add("--max-ejected", "percent of workers that may be ejected at once (at least one)", type=float, default=25.0)
-    f.add(
-        "--panic-threshold", "percent healthy below which models whose owner is out fail fast", type=float, default=50.0
-    )
+    f.add("--panic-threshold", "percent healthy below which models whose owner is out fail fast", type=float,
+          default=50.0)  # fmt: skip
     f.add("--max-replicas", "most workers a hot model spreads over (a model's config may say)", type=int, default=4)
     f.add("--replica-inflight", "sustained requests in flight per replica that add one", type=float, default=8.0)
     f.add("--replica-sustain", "seconds a model must stay hot before a replica is added", type=float, default=3.0)
@@ -114,11 +133,13 @@ def _up_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--models", "model repository (default: a demo zoo generated in a temp dir)", type=Path)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "balancer HTTP port (0: any free port)", type=int, default=8000)
+    f.add("--grpc-port", "balancer gRPC port (0: no gRPC)", type=int, default=8001)
     f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
     f.add("--redis-url", "Redis URL for the shared cache layer (default: in-process only)")
     f.add("--cache-size", "balancer in-process cache size", type=size, default="256MiB")
     f.add("--zoo-count", "models in a generated demo zoo", type=int, default=12)
     f.add("--zoo-max-size", "largest model in a generated demo zoo", type=size, default="16MiB")
+    _memory_flags(f, None, None)
     f.add("--log-level", "log level for every process", default="WARNING")
     p.set_defaults(run=_run_up)
 
@@ -138,30 +159,6 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
     make.set_defaults(run=_run_models_make)
 
 
-def _bench_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks on a local cluster (needs wrk; nginx for the reference rows)")
-    f = Flags(p, "bench")
-    p.add_argument(
-        "scenario",
-        choices=["overhead", "cache", "routing"],
-        help="overhead: balancer vs nginx vs direct; cache: hit and miss paths, large bodies, repeat rates; "
-        "routing: policies side by side under memory pressure",
-    )
-    f.add("--duration", "seconds per row", type=float, default=8.0)
-    f.add("--samples", "sequential requests per latency row (cache)", type=int, default=2000)
-    f.add("--out", "directory for reports and plots (cache; routing: default results/bench-routing)", type=Path)
-    f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
-    f.add("--models", "model repository (default: a small generated zoo)", type=Path)
-    f.add("--rate", "routing: requests a second, Zipf 1.1 over the zoo", type=float, default=120.0)
-    f.add("--skew-rate", "routing: requests a second, Zipf 3 (one model takes ~80%)", type=float, default=160.0)
-    f.add("--warmup", "routing: seconds of load before measuring", type=float, default=15.0)
-    f.add("--workers", "routing: worker processes", type=int, default=3)
-    f.add("--policies", "routing: comma-separated policies", default="affinity,round-robin,consistent,least-loaded")
-    f.add("--zoo-count", "routing: models in the generated zoo", type=int, default=24)
-    f.add("--seed", "routing: the load generator's seed (the same for every policy)", type=int, default=1)
-    p.set_defaults(run=_run_bench)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinity", description="affinity-serve: model-affinity load balancing")
     parser.add_argument("--version", action="version", version=f"affinity-serve {__version__}")
@@ -170,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _balancer_parser(sub)
     _worker_parser(sub)
     _models_parser(sub)
-    _bench_parser(sub)
+    bench_cli.add_parser(sub)
     loadgen_cli.add_parser(sub)
     return parser
 
@@ -201,27 +198,6 @@ def _run_up(args: argparse.Namespace) -> int:
     from cli.up import Cluster, UpOptions
 
     return Cluster(config_from(UpOptions, args)).run()
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    if args.scenario == "cache":
-        from cli.bench_cache import run_cache
-
-        return run_cache(args.samples, args.duration, args.out)
-    if args.scenario == "routing":
-        from cli.bench_routing import run_routing
-
-        policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
-        unknown = [p for p in policies if p not in POLICIES]
-        if unknown:
-            raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
-        return run_routing(
-            args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
-            args.zoo_count, args.out or Path("results/bench-routing"), args.seed,
-        )  # fmt: skip
-    from cli.bench import run_overhead
-
-    return run_overhead(args.duration, args.connections, args.models)
 
 
 def _run_models_make(args: argparse.Namespace) -> int:

@@ -53,12 +53,19 @@ def affinity_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
 
 
-def spawn(args: list[str], output: IO[bytes] | None = None, new_session: bool = True) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str],
+    output: IO[bytes] | None = None,
+    new_session: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a child with a clean environment that dies with this process.
 
     ``new_session``: a terminal's Ctrl-C reaches only the parent, which stops
-    its children in order."""
+    its children in order. ``extra_env``: variables handed on explicitly (a
+    secret such as the admin token, which must not appear on a command line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
+    env.update(extra_env or {})
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
         args,

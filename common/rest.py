@@ -65,7 +65,7 @@ def query_flag(body: bytes, field: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class V2Handlers:
     """One handler per V2 REST route; both servers serve exactly these paths
-    (the repository load/unload routes where a part provides them)."""
+    (the repository load/unload and statistics routes where a part provides them)."""
 
     infer: Handler
     live: Handler
@@ -78,11 +78,12 @@ class V2Handlers:
     metrics: Handler
     repository_load: Handler | None = None
     repository_unload: Handler | None = None
+    model_stats: Handler | None = None
 
 
 def v2_router(h: V2Handlers) -> Router:
     """The Open Inference Protocol's paths (plus Triton's ``/config``, the
-    repository extension and ``/metrics``), with and without
+    repository and statistics extensions and ``/metrics``), with and without
     ``/versions/{version}``; infer first, the hot route."""
     router = Router()
     prefixes = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
@@ -95,6 +96,8 @@ def v2_router(h: V2Handlers) -> Router:
         router.add("GET", prefix, h.model_metadata)
         router.add("GET", prefix + "/ready", h.model_ready)
         router.add("GET", prefix + "/config", h.model_config)
+        if h.model_stats is not None:
+            router.add("GET", prefix + "/stats", h.model_stats)
     router.add("POST", "/v2/repository/index", h.repository_index)
     if h.repository_load is not None:
         router.add("POST", "/v2/repository/models/{name}/load", h.repository_load)

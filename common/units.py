@@ -1,8 +1,9 @@
-"""Sizes with units: ``512MiB``, ``4GiB``, ``10MB``, ``1024`` (bytes)."""
+"""Sizes with units: ``512MiB``, ``4GiB``, ``10MB``, ``1024`` (bytes); budgets as a size or a share (``25%``)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _UNITS = {
     "": 1,
@@ -48,3 +49,37 @@ def format_size(n: int) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     return f"{value:.1f}TiB"
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """A memory budget as given on the command line: bytes (``4GiB``) or a share
+    of what the machine has (``50%``), resolved once the total is known."""
+
+    bytes: int = 0
+    share: float | None = None  # 0..1
+
+    def __post_init__(self) -> None:
+        if self.bytes < 0 or (self.share is not None and not 0 <= self.share <= 1):
+            raise ValueError("a budget is a non-negative size or a share between 0% and 100%")
+
+    def resolve(self, total: int) -> int:
+        """Bytes: the size itself, or the share of ``total``."""
+        return self.bytes if self.share is None else int(total * self.share)
+
+    def __str__(self) -> str:
+        return str(self.bytes) if self.share is None else f"{self.share * 100:g}%"
+
+
+def parse_amount(text: str | Amount) -> Amount:
+    """``512MiB`` or ``25%``; ValueError otherwise."""
+    if isinstance(text, Amount):
+        return text
+    stripped = text.strip()
+    if stripped.endswith("%"):
+        try:
+            percent = float(stripped[:-1])
+        except ValueError:
+            raise ValueError(f"invalid share {text!r}: use a percentage such as 25%") from None
+        return Amount(share=percent / 100)
+    return Amount(bytes=parse_size(stripped))

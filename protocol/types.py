@@ -86,8 +86,10 @@ class IndexEntry:
     ``deterministic`` and ``cacheable`` tell the balancer whether answers may be
     cached, ``cache_ttl`` for how long (None: the balancer's default), ``sha256``
     names the version's weights (cache keys bind it); ``state`` is READY,
-    LOADING or UNAVAILABLE; ``min_replicas`` and ``max_replicas`` bound how
-    many workers the balancer spreads a hot model over.
+    LOADING or UNAVAILABLE; ``tier`` is where the version is now on the worker
+    that answers: gpu or cpu (resident), disk or remote (waiting to be paged in);
+    ``min_replicas`` and ``max_replicas`` bound how many workers the balancer
+    spreads a hot model over.
     """
 
     name: str
@@ -99,6 +101,7 @@ class IndexEntry:
     resident: bool = False
     sha256: str = ""
     cache_ttl: float | None = None
+    tier: str = ""
     min_replicas: int = 1  # hot-model replicas the balancer keeps at least
     max_replicas: int | None = None  # and at most (None: the balancer's default)
 
@@ -113,6 +116,7 @@ class IndexEntry:
             "resident": self.resident,
             "sha256": self.sha256,
             "cache_ttl": self.cache_ttl,
+            "tier": self.tier,
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
         }
@@ -129,6 +133,7 @@ class IndexEntry:
             resident=bool(raw.get("resident", False)),
             sha256=str(raw.get("sha256", "")),
             cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
+            tier=str(raw.get("tier", "")),
             min_replicas=int(raw.get("min_replicas") or 1),
             max_replicas=int(raw["max_replicas"]) if raw.get("max_replicas") is not None else None,
         )
@@ -138,19 +143,47 @@ class IndexEntry:
 class ServerMetadata:
     """The V2 server metadata, plus the worker's stable id (``worker_id``), from
     which a balancer learns who answers at an address (its ring uses ids, never
-    URLs), and its ``capacity`` (bytes of memory budget), which weighs its place
-    on the ring."""
+    URLs), its ``grpc_port`` (the balancer forwards gRPC calls there) and its
+    ``capacity`` (bytes of memory budget), which weighs its place on the ring."""
 
     name: str
     version: str
     extensions: tuple[str, ...] = field(default_factory=tuple)
     worker_id: str | None = None
+    grpc_port: int | None = None  # where the worker serves gRPC, when it does
     capacity: int | None = None  # bytes: the worker's weight on a balancer's ring
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
         if self.worker_id is not None:
             out["worker_id"] = self.worker_id
+        if self.grpc_port is not None:
+            out["grpc_port"] = self.grpc_port
         if self.capacity is not None:
             out["capacity"] = self.capacity
         return out
+
+
+@dataclass(slots=True, frozen=True)
+class RawTensor:
+    """A tensor as the wire carries it, without numpy: its elements as raw
+    little-endian bytes, row-major (BYTES: each a 4-byte length, then the bytes;
+    ``protocol.packing``). The binary extension and gRPC's ``raw_*_contents``
+    hold exactly this, so the balancer keys and converts tensors with it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: bytes
+    parameters: Parameters | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RawResponse:
+    """An inference answer with raw tensors and no ``id``: the one form every
+    encoding (JSON, binary, protobuf) is rendered from."""
+
+    model_name: str
+    outputs: tuple[RawTensor, ...]
+    model_version: str | None = None
+    parameters: Parameters | None = None

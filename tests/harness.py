@@ -120,6 +120,7 @@ affinity = affinity_command
 class Server:
     proc: Proc
     url: str
+    grpc: str | None = None  # host:port of its gRPC listener
 
     @property
     def id(self) -> str:
@@ -144,21 +145,25 @@ class Server:
         return self
 
 
-def start_worker(models: Path, logdir: Path, *extra: str, port: int = 0, host: str = "127.0.0.1") -> Server:
-    """A worker on ``host`` and a free port (or ``port``: to restart one where it was)."""
-    port = port or free_port()
-    args = affinity("worker", "--models", str(models), "--host", host, "--port", str(port), "--threads", "1", *extra)
+def start_worker(models: Path | None, logdir: Path, *extra: str, port: int = 0, host: str = "127.0.0.1") -> Server:
+    """A worker on ``host`` and free ports (or ``port``: to restart one where it was); ``models``
+    None: no local repository, a remote store in ``extra``."""
+    port, grpc_port = port or free_port(), free_port()
+    local = ("--models", str(models)) if models is not None else ()
+    args = affinity("worker", *local, "--host", host, "--port", str(port), "--grpc-port", str(grpc_port))
+    args += ["--threads", "1", *extra]
     proc = Proc(f"worker-{host}-{port}", args, logdir / f"worker-{host}-{port}.log").start()
-    return Server(proc, f"http://{host}:{port}")
+    return Server(proc, f"http://{host}:{port}", f"{host}:{grpc_port}")
 
 
 def start_balancer(workers: list[Server], logdir: Path, *extra: str) -> Server:
     """A balancer over these workers (none: give a discovery flag in ``extra``)."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     urls = ("--workers", ",".join(w.url for w in workers)) if workers else ()
-    args = affinity("balancer", *urls, "--port", str(port), "--index-refresh", "2", *extra)
+    args = affinity("balancer", *urls, "--port", str(port), "--grpc-port", str(grpc_port))
+    args += ["--index-refresh", "2", *extra]
     proc = Proc(f"balancer-{port}", args, logdir / f"balancer-{port}.log").start()
-    return Server(proc, f"http://127.0.0.1:{port}")
+    return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 
 @dataclass
@@ -212,10 +217,10 @@ class RedisServer:
 
 @contextlib.contextmanager
 def private_cluster(
-    models: Path, logdir: Path, workers: int = 2, *balancer_args: str
+    models: Path, logdir: Path, workers: int = 2, *balancer_args: str, worker_args: tuple[str, ...] = ()
 ) -> Iterator[tuple[list[Server], Server]]:
     """Workers and a balancer of the test's own (for tests that kill or stop them)."""
-    started = [start_worker(models, logdir) for _ in range(workers)]
+    started = [start_worker(models, logdir, *worker_args) for _ in range(workers)]
     balancer: Server | None = None
     try:
         for w in started:

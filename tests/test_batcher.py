@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,17 +17,14 @@ from protocol.errors import BadRequest, ModelUnavailable
 from tests.reference import infer_body, run_reference, sample_inputs
 from worker.batcher import Batcher
 from worker.codecs import JSON_CODEC, Codec
-from worker.loader import load_module
-from worker.repository import Repository
+from worker.device import StandInDevice
+from worker.paging import TorchPager
 from worker.runner import LoadedModel
+from worker.stats import BatchTimes
 
 
 def _model(zoo: Path, name: str) -> LoadedModel:
-    repo = Repository(zoo)
-    repo.scan()
-    entry = repo.resolve(name)
-    assert entry.config is not None
-    return LoadedModel(entry.name, entry.version, entry.config, load_module(entry))
+    return TorchPager().load((name, "1"), zoo / name / "1")
 
 
 def _run_gated(
@@ -37,8 +36,11 @@ def _run_gated(
     gate = threading.Event()
     batches: list[int] = []
 
+    def on_batch(model: LoadedModel, times: BatchTimes) -> None:
+        batches.extend(times.rows)
+
     async def main() -> list[bytes | BaseException]:
-        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20, lambda name, rows: batches.append(rows))
+        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20, on_batch)
         pool.submit(gate.wait, 10)
         futures = [batcher.submit(model, body, codec) for body in bodies]
         gate.set()
@@ -126,12 +128,70 @@ def test_an_answer_that_cannot_be_encoded_fails_alone(zoo: Path) -> None:
     model = _model(zoo, "mlp-00")
     bodies = [orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, seed), f"r{seed}")) for seed in range(3)]
 
-    def encode(response):  # type: ignore[no-untyped-def]
+    def encode(response, request):  # type: ignore[no-untyped-def]
         if response.id == "r1":
             raise TypeError("cannot encode")
-        return JSON_CODEC.encode(response)
+        return JSON_CODEC.encode(response, request)
 
     batches, answers = _run_gated(model, bodies, Codec("picky", JSON_CODEC.decode, encode))
     assert batches == [3]
     assert isinstance(answers[0], bytes) and isinstance(answers[2], bytes)
     assert isinstance(answers[1], ModelUnavailable)
+
+
+def test_a_batch_runs_on_the_leased_device_and_reports_its_times(zoo: Path) -> None:
+    """The forward runs where the lease says (inputs in, outputs out through the
+    device), and the round's sizes and times come back for the statistics."""
+    name = "transformer-02"
+    device = StandInDevice()
+    on_device = TorchPager().to_device((name, "1"), _model(zoo, name), device)
+    before = (device.counts.host_to_device, device.counts.device_to_host)
+    inputs = [sample_inputs(zoo, name, batch, seed) for seed, batch in enumerate([2, 1, 3])]
+    bodies = [orjson.dumps(infer_body(i)) for i in inputs]
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    rounds: list[BatchTimes] = []
+
+    async def main() -> list[bytes]:
+        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20, lambda model, times: rounds.append(times))
+        pool.submit(gate.wait, 10)
+        futures = [batcher.submit(on_device, body, JSON_CODEC, device) for body in bodies]
+        gate.set()
+        return await asyncio.gather(*futures)
+
+    try:
+        answers = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        pool.shutdown()
+    # one forward: one input tensor copied in, one output copied out
+    assert (device.counts.host_to_device - before[0], device.counts.device_to_host - before[1]) == (1, 1)
+    [times] = rounds
+    assert times.rows == [6] and times.requests == 3
+    assert times.queue_ns > 0 and times.input_ns > 0 and times.output_ns > 0
+    assert times.infer_ns == 3 * times.forwards[0][2], "each request is charged its batch's forward"
+    for answer, given in zip(answers, inputs, strict=True):
+        got = np.asarray(orjson.loads(answer)["outputs"][0]["data"], dtype=np.float32)
+        want = run_reference(zoo, name, [a for _, _, a in given])[0]
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_idle_queue_keeps_no_model_alive(zoo: Path) -> None:
+    """Once answered, the batcher holds no reference to the model: an evicted
+    model's memory (its mapping, its device copy) is freed when its leases go."""
+    held = [_model(zoo, "mlp-00")]
+    body = orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, 0)))
+    alive = weakref.ref(held[0].module)
+    pool = ThreadPoolExecutor(1)
+
+    async def main() -> None:
+        batcher = Batcher(pool, asyncio.get_running_loop(), 1 << 20)
+        await batcher.submit(held[0], body, JSON_CODEC)
+        pool.submit(lambda: None).result(10)  # the drain has seen its queue empty and ended
+        held.clear()
+        gc.collect()
+        assert alive() is None
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        pool.shutdown()

@@ -255,3 +255,72 @@ def test_concurrent_requests_for_a_remote_model_download_it_once(published: Path
 
     run(main)
     assert repository(tmp_path / "cache")(("cnn-01", "1")) is not None
+
+
+@pytest.mark.parametrize("kind", ["s3", "file"])
+def test_a_worker_with_a_remote_store_alone_lists_and_serves_its_models(
+    kind: str, request: pytest.FixtureRequest, published: Path, zoo: Path, logdir: Path, tmp_path: Path
+) -> None:
+    """No --models at all: the store's models are in the index, the first request
+    downloads one into the disk cache (X-Model-Source: remote), and a model
+    published while the worker runs is found by an explicit load."""
+    from tests.harness import request as http
+    from tests.harness import start_worker
+    from tests.metrics_text import metric_sum
+    from tests.reference import infer_body
+
+    if kind == "s3":
+        client = request.getfixturevalue("s3")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        store_args: tuple[str, ...] = ("--remote-store", f"s3://{BUCKET}/zoo", "--remote-endpoint", endpoint)
+    else:
+        store = tmp_path / "store"
+        shutil.copytree(published, store, ignore=shutil.ignore_patterns("transformer-02"))
+        store_args = ("--remote-store", store.as_uri())
+    cache = tmp_path / "cache"
+    worker = start_worker(None, logdir, *store_args, "--disk-cache-dir", str(cache), "--disk-cache", "8MiB")
+    worker.wait_ready()
+    try:
+        rows = {r["name"]: r for r in http(worker.url, "POST", "/v2/repository/index", b"{}").json()}
+        expected = set(MODELS) if kind == "s3" else {"mlp-00", "cnn-01"}
+        assert set(rows) == expected
+        weights_sha = Manifest.from_bytes((published / "mlp-00/1" / MANIFEST_FILE).read_bytes())
+        assert rows["mlp-00"]["sha256"] == weights_sha.files["model.safetensors"].sha256
+        assert {(r["state"], r["tier"]) for r in rows.values()} == {("READY", "remote")}
+        meta = http(worker.url, "GET", "/v2/models/mlp-00").json()
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+
+        inputs = sample_inputs(zoo, "mlp-00", 2, seed=9)
+        sources = []
+        for _ in range(2):
+            resp = http(worker.url, "POST", "/v2/models/mlp-00/infer", infer_body(inputs))
+            assert resp.status == 200, resp.body
+            sources.append(resp.headers["x-model-source"])
+            got = np.asarray(resp.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 10)
+            np.testing.assert_allclose(got, run_reference(zoo, "mlp-00", [a for _, _, a in inputs])[0], rtol=1e-4)
+        assert sources == ["remote", "cpu"]
+        assert (cache / "mlp-00/1/model.safetensors").read_bytes() == (zoo / "mlp-00/1/model.safetensors").read_bytes()
+        report = http(worker.url, "GET", "/admin/memory").json()
+        disk = next(t for t in report["tiers"] if t["tier"] == "disk")
+        assert [m["name"] for m in disk["models"]] == ["mlp-00"] and disk["budget"] == 8 << 20
+        assert report["remote"] == (f"s3://{BUCKET}/zoo" if kind == "s3" else (tmp_path / "store").as_uri())
+        text = http(worker.url, "GET", "/metrics").body.decode()
+        assert metric_sum(text, "affinity_model_loads_total", tier="remote") == 1
+        assert http(worker.url, "POST", "/v2/models/no-such/infer", infer_body(inputs)).status == 404
+
+        # published after start: an explicit load finds it, without waiting for the rescan
+        if kind == "s3":
+            for path in sorted((published / "cnn-01").rglob("*.*")):
+                key = f"zoo/late-cnn/{path.relative_to(published / 'cnn-01')}"
+                client.upload_file(str(path), BUCKET, key)
+            name = "late-cnn"
+        else:
+            shutil.copytree(published / "transformer-02", tmp_path / "store" / "transformer-02")
+            name = "transformer-02"
+        resp = http(worker.url, "POST", f"/v2/repository/models/{name}/load", b"")
+        assert resp.status == 200, resp.body
+        assert (resp.json()["tier"], resp.json()["state"]) == ("cpu", "READY")
+        assert name in {r["name"] for r in http(worker.url, "POST", "/v2/repository/index", b"{}").json()}
+    finally:
+        worker.proc.stop()
+    assert not cache.exists() or all(not p.name.startswith(".staging") for p in cache.iterdir())

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import orjson
 
+from cli.up import example_requests
 from tests.harness import RedisServer, free_port, request, wait_until
+from worker.host_memory import usable_memory
 
 
 def _children(pid: int) -> set[int]:
@@ -37,12 +39,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["AFFINITY_ADMIN_TOKEN"] = "up-token"
     log = (tmp_path / "up.log").open("wb")
+    memory = ["--cpu-memory", "8MiB", "--eviction", "gds"]
+    args = ["up", "--workers", "2", "--models", str(zoo), "--port", str(port), "--grpc-port", str(grpc_port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "up", "--workers", "2", "--models", str(zoo), "--port", str(port)],
+        [sys.executable, "-m", "cli", *args, *memory],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -52,6 +57,7 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
             lambda: (text := (tmp_path / "up.log").read_text()) and "is up" in text and text, timeout=90, interval=0.2
         )
         assert f"http://127.0.0.1:{port}" in output
+        assert f"grpc:    127.0.0.1:{grpc_port}" in output
         children = _children(proc.pid)
         assert len(children) == 3, "two workers and a balancer"
 
@@ -65,6 +71,12 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
         )
         assert resp.status == 200, resp.body
         assert orjson.loads(resp.body)["outputs"]
+        # Every worker got the memory flags, and the admin token through its environment.
+        worker = "http://" + resp.headers["x-served-by"]
+        assert request(worker, "GET", "/admin/memory").status == 401
+        report = request(worker, "GET", "/admin/memory", headers={"Authorization": "Bearer up-token"}).json()
+        assert report["policy"] == "gds" and report["tiers"][0]["budget"] == 8 << 20
+        assert "up-token" not in " ".join(Path(f"/proc/{c}/cmdline").read_text() for c in children)
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
@@ -84,7 +96,19 @@ def test_up_generates_a_demo_zoo_and_uses_redis(tmp_path: Path, redis_server: Re
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env["TMPDIR"] = str(tmp_path)
     log = (tmp_path / "up.log").open("wb")
-    args = ["up", "--workers", "1", "--port", str(port), "--zoo-count", "4", "--zoo-max-size", "1MiB"]
+    args = [
+        "up",
+        "--workers",
+        "1",
+        "--port",
+        str(port),
+        "--grpc-port",
+        "0",
+        "--zoo-count",
+        "4",
+        "--zoo-max-size",
+        "1MiB",
+    ]
     args += ["--redis-url", redis_server.url]
     with redis_server.client() as client:
         client.flushdb()
@@ -93,6 +117,12 @@ def test_up_generates_a_demo_zoo_and_uses_redis(tmp_path: Path, redis_server: Re
         wait_until(lambda: "is up" in (tmp_path / "up.log").read_text(), timeout=90, interval=0.2)
         rows = request(f"http://127.0.0.1:{port}", "POST", "/v2/repository/index", b"{}").json()
         assert len({r["name"] for r in rows}) == 4
+        # One worker: the default CPU budget is half the machine's memory, all its own.
+        [zoo] = list(tmp_path.glob("affinity-zoo-*"))
+        name, body = example_requests(zoo)[0]
+        served_by = request(f"http://127.0.0.1:{port}", "POST", f"/v2/models/{name}/infer", body).headers
+        [cpu] = request("http://" + served_by["x-served-by"], "GET", "/admin/memory").json()["tiers"]
+        assert cpu["budget"] == int(usable_memory() * 0.5)
         # The banner's example request was answered and stored in the shared Redis layer.
         with redis_server.client() as client:
             wait_until(lambda: client.dbsize() > 0)

@@ -1,16 +1,14 @@
-"""The demo zoo and the worker's own guarantees (one load per cold model)."""
+"""The demo zoo and the worker's metrics labels (one load per cold model: tests/test_memory_server.py)."""
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.harness import request, start_worker
 from tests.metrics_text import metric_sum
-from tests.reference import infer_body, sample_inputs
 from worker.model_config import ModelConfig
 from worker.zoo import make_zoo
 
@@ -42,27 +40,6 @@ def test_zoo_mixes_architectures_and_sizes(tmp_path: Path) -> None:
 def test_zoo_rejects_unknown_architecture(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown architecture"):
         make_zoo(tmp_path, count=1, architectures=("gpt-9",))
-
-
-def test_concurrent_requests_for_a_cold_model_cause_one_load(zoo: Path, logdir: Path) -> None:
-    worker = start_worker(zoo, logdir).wait_ready()
-    try:
-        model = "cnn-01"
-        bodies = [infer_body(sample_inputs(zoo, model, 1, seed)) for seed in range(24)]
-        with ThreadPoolExecutor(24) as pool:
-            answers = list(pool.map(lambda b: request(worker.url, "POST", f"/v2/models/{model}/infer", b), bodies))
-        assert all(a.status == 200 for a in answers)
-        sources = [a.headers["x-model-source"] for a in answers]
-        assert "disk" in sources
-        metrics = request(worker.url, "GET", "/metrics").body.decode()
-        assert metric_sum(metrics, "affinity_model_loads_total") == 1
-        assert metric_sum(metrics, "affinity_requests_total", model=model, code="200") == 24
-        later = request(worker.url, "POST", f"/v2/models/{model}/infer", bodies[0])
-        assert later.headers["x-model-source"] == "cpu"
-        rows = request(worker.url, "POST", "/v2/repository/index", b'{"ready": true}').json()
-        assert {"name": model, "resident": True}.items() <= next(r for r in rows if r["name"] == model).items()
-    finally:
-        worker.proc.stop()
 
 
 def test_unknown_model_names_share_one_metrics_label(zoo: Path, logdir: Path) -> None:

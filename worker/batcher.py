@@ -11,11 +11,17 @@ is running for the model, one is started in the pool. A drain takes everything
 queued (up to ``max_batch_size`` rows per forward), decodes and checks each
 request (a bad one fails alone), runs one forward per group of same-shaped
 inputs, splits the outputs back, encodes each answer, and resolves the whole
-batch's futures (and records its size) with one ``call_soon_threadsafe``. It then looks again, and
+batch's futures (and reports its sizes and times, ``worker.stats.BatchTimes``)
+with one ``call_soon_threadsafe``. It then looks again, and
 ends when the queue is empty. There is no waiting window: a lone request is
 never delayed, and batches form only under load, while a drain is busy
-(Triton's dynamic batcher with ``max_queue_delay`` 0; a delay knob can come
-with the memory manager).
+(Triton's dynamic batcher with ``max_queue_delay`` 0).
+
+Where it runs: each request was leased its model by the memory manager, on the
+host or on a device; the queue runs every round on the model (and device) of
+the latest request queued, which that request's lease keeps resident until its
+answer is delivered. After a promotion to the GPU or a reload, the next round
+runs on the new copy.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -34,7 +41,10 @@ import numpy as np
 from protocol.errors import ModelUnavailable, ProtocolError
 from protocol.types import InferRequest
 from worker.codecs import Codec
-from worker.runner import LoadedModel, answer_for, check_request, run_module
+from worker.device import Device
+from worker.paging import run_on
+from worker.runner import LoadedModel, answer_for, check_request
+from worker.stats import BatchTimes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,7 @@ class _Job:
     payload: Any
     codec: Codec
     future: asyncio.Future[Any]
+    queued_ns: int
 
 
 # A decoded, checked request: its input arrays in the model's order, and its job.
@@ -57,6 +68,8 @@ Outcome = tuple[asyncio.Future[Any], Any]  # the answer, or the exception to rai
 @dataclass(slots=True)
 class _Queue:
     items: deque[_Job]
+    model: LoadedModel | None  # None while idle: an evicted model must not be kept alive here
+    device: Device | None
     running: bool = False
 
 
@@ -66,7 +79,7 @@ class Batcher:
         pool: Executor,
         loop: asyncio.AbstractEventLoop,
         max_elements: int,
-        on_batch: Callable[[str, int], None] | None = None,
+        on_batch: Callable[[LoadedModel, BatchTimes], None] | None = None,
     ) -> None:
         self._pool = pool
         self._loop = loop
@@ -75,24 +88,28 @@ class Batcher:
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._lock = threading.Lock()
 
-    def submit(self, model: LoadedModel, payload: Any, codec: Codec) -> asyncio.Future[Any]:
+    def submit(
+        self, model: LoadedModel, payload: Any, codec: Codec, device: Device | None = None
+    ) -> asyncio.Future[Any]:
         """Queue one request for ``model`` (a payload ``codec`` decodes, or an
-        already decoded ``InferRequest``); the future resolves to the answer
-        encoded by ``codec``."""
+        already decoded ``InferRequest``), to run on ``device`` (None: the host);
+        the future resolves to the answer encoded by ``codec``."""
         future: asyncio.Future[Any] = self._loop.create_future()
         key = (model.name, model.version)
+        job = _Job(payload, codec, future, time.perf_counter_ns())
         with self._lock:
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(deque())
-            queue.items.append(_Job(payload, codec, future))
+                queue = self._queues[key] = _Queue(deque(), model, device)
+            queue.items.append(job)
+            queue.model, queue.device = model, device
             start = not queue.running
             queue.running = True
         if start:
-            self._pool.submit(self._drain, model, queue)
+            self._pool.submit(self._drain, queue)
         return future
 
-    def _drain(self, model: LoadedModel, queue: _Queue) -> None:
+    def _drain(self, queue: _Queue) -> None:
         """Runs in the pool: batches until the model's queue is empty. Whatever
         goes wrong fails that batch's callers (500) and the queue goes on; the
         queue is never left marked running with nobody draining it."""
@@ -101,27 +118,30 @@ class Batcher:
                 with self._lock:
                     if not queue.items:
                         queue.running = False
+                        queue.model = queue.device = None
                         return
                     jobs = list(queue.items)
                     queue.items.clear()
-                rows: list[int] = []
+                    model, device = queue.model, queue.device
+                assert model is not None
+                times = BatchTimes()
                 try:
-                    outcomes = self._run(model, jobs, rows)
+                    outcomes = self._run(model, device, jobs, times)
                 except Exception as exc:
                     log.exception("model %s: a batch failed unexpectedly", model.name)
                     failure = ModelUnavailable(f"model '{model.name}' failed to run ({type(exc).__name__})")
                     outcomes = [(job.future, failure) for job in jobs]
-                self._loop.call_soon_threadsafe(self._deliver, model.name, rows, outcomes)
+                self._loop.call_soon_threadsafe(self._deliver, model, times, outcomes)
         except BaseException:
             with self._lock:
                 queue.running = False
+                queue.model = queue.device = None
             raise
 
-    def _deliver(self, name: str, rows: list[int], outcomes: list[Outcome]) -> None:
-        """On the event loop: record the batch sizes, resolve the futures."""
+    def _deliver(self, model: LoadedModel, times: BatchTimes, outcomes: list[Outcome]) -> None:
+        """On the event loop: report the round's sizes and times, resolve the futures."""
         if self._on_batch is not None:
-            for n in rows:
-                self._on_batch(name, n)
+            self._on_batch(model, times)
         for future, outcome in outcomes:
             if future.done():  # the caller went away
                 continue
@@ -130,11 +150,15 @@ class Batcher:
             else:
                 future.set_result(outcome)
 
-    def _run(self, model: LoadedModel, jobs: list[_Job], rows: list[int]) -> list[Outcome]:
-        """In the pool: decode, check, forward, encode; ``rows`` gets each forward's size."""
+    def _run(self, model: LoadedModel, device: Device | None, jobs: list[_Job], times: BatchTimes) -> list[Outcome]:
+        """In the pool: decode, check, forward, encode; ``times`` gets what each step took."""
+        clock = time.perf_counter_ns
+        started = clock()
         outcomes: list[Outcome] = []
         ready: list[Ready] = []
+        input_ns: dict[int, int] = {}  # per job (by id), its decode and check
         for job in jobs:
+            began = clock()
             try:
                 payload = job.payload
                 request = (
@@ -143,23 +167,36 @@ class Batcher:
                 ready.append((request, check_request(request, model.config), job))
             except ProtocolError as exc:
                 outcomes.append((job.future, exc))
+            input_ns[id(job)] = clock() - began
         for group in _groups(ready, model.config.max_batch_size):
+            began = clock()
             try:
-                results = _forward(model, [arrays for _, arrays, _ in group])
-                rows.append(sum(arrays[0].shape[0] for _, arrays, _ in group))
+                results = _forward(model, device, [arrays for _, arrays, _ in group])
             except Exception as exc:  # torch raises a wide range; the batch fails, the worker stays up
                 failure = ModelUnavailable(f"model '{model.name}' failed to run ({type(exc).__name__})")
                 outcomes.extend((job.future, failure) for _, _, job in group)
                 continue
+            infer_ns = clock() - began
+            group_input = group_output = 0
             for (request, _, job), outputs in zip(group, results, strict=True):
+                began = clock()
                 try:
-                    outcomes.append((job.future, job.codec.encode(answer_for(model, request, outputs))))
+                    outcomes.append((job.future, job.codec.encode(answer_for(model, request, outputs), request)))
                 except ProtocolError as exc:
                     outcomes.append((job.future, exc))
                 except Exception as exc:  # an output the codec cannot encode: this caller fails alone
                     log.warning("model %s: answer could not be encoded (%s)", model.name, type(exc).__name__)
                     failure = ModelUnavailable(f"model '{model.name}' produced an answer that cannot be encoded")
                     outcomes.append((job.future, failure))
+                group_output += clock() - began
+                group_input += input_ns[id(job)]
+                times.queue_ns += max(0, started - job.queued_ns)
+            rows = sum(arrays[0].shape[0] for _, arrays, _ in group)
+            times.forwards.append((rows, group_input, infer_ns, group_output))
+            times.requests += len(group)
+            times.input_ns += group_input
+            times.infer_ns += infer_ns * len(group)
+            times.output_ns += group_output
         return outcomes
 
 
@@ -182,12 +219,12 @@ def _groups(ready: list[Ready], max_batch: int) -> list[list[Ready]]:
     return [batch for batches in by_shape.values() for batch in batches]
 
 
-def _forward(model: LoadedModel, inputs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """One forward over the concatenated inputs, split back per request."""
+def _forward(model: LoadedModel, device: Device | None, inputs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """One forward over the concatenated inputs (on ``device`` when given), split back per request."""
     if len(inputs) == 1:
-        return [run_module(model, inputs[0])]
+        return [run_on(model, inputs[0], device)]
     stacked = [np.concatenate(column) for column in zip(*inputs, strict=True)]
-    outputs = run_module(model, stacked)
+    outputs = run_on(model, stacked, device)
     bounds = np.cumsum([arrays[0].shape[0] for arrays in inputs])[:-1]
     per_output = [np.split(out, bounds) for out in outputs]
     return [list(parts) for parts in zip(*per_output, strict=True)]

@@ -16,6 +16,7 @@ event loop; file I/O runs in a pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -151,7 +152,7 @@ class DiskCache:
         doomed = []
         for victim in victims:
             self._tier.remove(victim, evicted=True)
-            self._observer.evicted(DISK)
+            self._observer.evicted(victim, DISK)
             doomed.append(self._path(victim))
             log.info("disk cache: evicted model %s version %s", *victim)
         self._tier.reserve(key, size)
@@ -205,6 +206,20 @@ class DiskCache:
         except BaseException:
             _remove(staging)
             raise
+
+    async def discard(self, key: Key) -> bool:
+        """Delete a cached version (the store now holds other files under its name), so
+        the next use downloads it afresh. A process still mapping the old files keeps
+        them until it lets go (the directory is renamed aside, then removed)."""
+        if key in self._flights:  # a download in flight finishes first
+            with contextlib.suppress(Exception):
+                await self._flights.do(key, asyncio.sleep(0, Path()))
+        if key not in self._tier.sizes:
+            return False
+        self._tier.remove(key, evicted=False)
+        await asyncio.get_running_loop().run_in_executor(self._pool, _remove, self._path(key))
+        log.info("disk cache: discarded model %s version %s (changed in the store)", *key)
+        return True
 
     def snapshot(self) -> TierSnapshot:
         """Cached versions (refs 1: in use, may not be deleted), then downloads in flight."""

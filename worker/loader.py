@@ -22,14 +22,7 @@ from protocol.errors import ModelUnavailable
 from worker.architectures import ARCHITECTURES
 from worker.errors import InvalidModelConfig
 from worker.model_config import ModelConfig
-from worker.repository import CONFIG_FILE, WEIGHTS_FILE, ModelVersion
-
-
-def load_module(entry: ModelVersion) -> nn.Module:
-    config = entry.config
-    if config is None:
-        raise ModelUnavailable(f"model '{entry.name}' version {entry.version} is unusable: {entry.problem}")
-    return load_module_from(f"model '{entry.name}' version {entry.version}", config, entry.path / WEIGHTS_FILE)
+from worker.repository import CONFIG_FILE
 
 
 def read_config(where: str, directory: Path) -> ModelConfig:

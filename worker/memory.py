@@ -197,7 +197,7 @@ class MemoryManager(Generic[M]):
             if self._pager.pinned(host):  # the model's config pins it: again on every load
                 self._pins.add(key)
             self._failed.pop(key, None)
-            self._observer.loaded(source, host_seconds + device_seconds)
+            self._observer.loaded(key, source, host_seconds + device_seconds)
             log.info("loaded model %s version %s from %s into %s (%d bytes, %.3fs)", *key, source, tier.name, size,
                      host_seconds + device_seconds)  # fmt: skip
             return source
@@ -272,7 +272,7 @@ class MemoryManager(Generic[M]):
         self._cpu.remove(key, evicted=False)
         gpu.commit(key, resident.host_seconds + seconds)
         resident.tier, resident.device_copy, resident.device_seconds = GPU, copy, seconds
-        self._observer.loaded(CPU, seconds)
+        self._observer.loaded(key, CPU, seconds)
         self._notify_room()
 
     # -- making room ----------------------------------------------------------------
@@ -292,7 +292,7 @@ class MemoryManager(Generic[M]):
     def _evict(self, resident: Resident[M], tier: Tier[Key]) -> None:
         key = resident.key
         tier.remove(key, evicted=True)
-        self._observer.evicted(tier.name)
+        self._observer.evicted(key, tier.name)
         resident.device_copy = None  # the device copy is freed when the last reference goes
         if tier is self._gpu and self._cpu.free >= resident.size:
             self._cpu.add(key, resident.size, resident.host_seconds)

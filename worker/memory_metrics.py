@@ -30,6 +30,10 @@ class MemoryMetrics:
             "affinity_model_evictions", "Models evicted from a tier (demoted or dropped).", ["tier"]
         )
         self._tier_bytes = tier_bytes or dict
+        for tier in ("remote", "disk", "cpu"):  # every series exists from the start, at zero
+            self.loads.labels(tier)
+        for tier in ("gpu", "cpu", "disk"):
+            self.evictions.labels(tier)
         help_text = "Bytes of model weights per tier: used and budget."
         registry.add(CallbackGauge("affinity_memory_bytes", help_text, ["tier", "kind"], self._read_bytes))
 
@@ -40,9 +44,9 @@ class MemoryMetrics:
         """Where the gauge reads (the manager's ``tier_bytes``), when built after this."""
         self._tier_bytes = tier_bytes
 
-    def loaded(self, tier: str, seconds: float) -> None:
+    def loaded(self, key: tuple[str, str], tier: str, seconds: float) -> None:
         self.loads.labels(tier).inc()
         self.load_seconds.observe(seconds)
 
-    def evicted(self, tier: str) -> None:
+    def evicted(self, key: tuple[str, str], tier: str) -> None:
         self.evictions.labels(tier).inc()

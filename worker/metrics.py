@@ -1,7 +1,9 @@
 """The worker's metrics (names as docs/design.md gives them).
 
-Label ``model`` only takes names the repository knows; anything else is
-``unknown``, so a client cannot blow up the series count with made-up names.
+Requests and batch sizes here; the memory manager's (loads, evictions, bytes
+per tier) in ``worker.memory_metrics``, on the same registry. Label ``model``
+only takes names the repository knows; anything else is ``unknown``, so a
+client cannot blow up the series count with made-up names.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from common.metrics import Registry, RequestMetrics
+from worker.memory_metrics import MemoryMetrics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -19,11 +22,7 @@ class WorkerMetrics:
         r = self.registry
         self.requests = RequestMetrics(r, "worker", known_model, LATENCY_BUCKETS)
         self.label = self.requests.label
-        self.loads = r.counter("affinity_model_loads", "Model loads, by source tier.", ["tier"])
-        self.load_seconds = r.histogram(
-            "affinity_model_load_seconds", "Time to load and warm up a model.", (),
-            (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-        )  # fmt: skip
+        self.memory = MemoryMetrics(r)
         self.batch_size = r.histogram(
             "affinity_batch_size", "Rows per forward pass.", ["model"], (1, 2, 4, 8, 16, 32, 64, 128, 256)
         )
@@ -34,10 +33,6 @@ class WorkerMetrics:
     def batch(self, model: str, rows: int) -> None:
         """Rows in one forward pass (called on the event loop, like every metric update)."""
         self.batch_size.labels(self.label(model)).observe(rows)
-
-    def model_loaded(self, model: str, seconds: float) -> None:
-        self.loads.labels("disk").inc()
-        self.load_seconds.observe(seconds)
 
     def render(self) -> bytes:
         return self.registry.render()

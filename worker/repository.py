@@ -32,7 +32,7 @@ CONFIG_FILE = "config.json"
 class ModelVersion:
     name: str
     version: str
-    path: Path
+    path: Path | None  # None: the version waits in the remote store
     config: ModelConfig | None  # None when config.json is unusable
     problem: str = ""  # why the version cannot be served, when it cannot
     size_bytes: int = 0
@@ -118,3 +118,8 @@ class Repository:
 
     def all_versions(self) -> list[ModelVersion]:
         return [v for name in self._models for v in self.versions(name)]
+
+    @property
+    def models(self) -> dict[str, dict[str, ModelVersion]]:
+        """The last scan's view, name -> version -> entry (replaced whole by each scan)."""
+        return self._models

@@ -1,4 +1,5 @@
-"""The steps of one inference: decode, check against the model's interface, run, encode.
+"""The steps of one inference: decode, check against the model's interface, encode
+(the forward itself is ``worker.paging.run_on``, on the host or a device).
 
 Everything here is CPU work and runs in the worker's inference thread pool
 (the batcher calls it), never on the event loop. Checks happen before any side
@@ -12,10 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from protocol.datatypes import NUMPY_DTYPES
 from protocol.errors import BadRequest
 from protocol.types import InferRequest, InferResponse, Tensor, TensorSpec
 from worker.architectures import ARCHITECTURES
@@ -71,14 +70,6 @@ def _check_tensor(tensor: Tensor, spec: TensorSpec) -> None:
         raise BadRequest(f"input '{spec.name}': shape {list(tensor.shape)} given, model expects {list(spec.shape)}")
 
 
-def run_module(model: LoadedModel, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    tensors = [torch.from_numpy(a) for a in arrays]
-    with torch.inference_mode():
-        result = model.module(*tensors)
-    outs = result if isinstance(result, tuple) else (result,)
-    return [o.contiguous().numpy() for o in outs]
-
-
 def answer_for(model: LoadedModel, request: InferRequest, results: list[np.ndarray]) -> InferResponse:
     """The V2 answer for one request: the outputs it asked for (all by default)."""
     wanted = None if request.outputs is None else {o.name for o in request.outputs}
@@ -94,16 +85,3 @@ def decode_and_check(payload: Any, codec: Codec, config: ModelConfig, max_elemen
     request = codec.decode(payload, max_elements)
     check_request(request, config)
     return request
-
-
-def warm_up(model: LoadedModel) -> None:
-    """One inference on a synthetic input of the model's shape (batch 1), so the
-    first real request does not pay allocation and kernel selection."""
-    arrays = []
-    for spec in model.config.inputs:
-        shape = tuple(1 if d == -1 else d for d in spec.shape)
-        if spec.datatype == "BYTES":
-            arrays.append(np.full(shape, b"", dtype=object))
-        else:
-            arrays.append(np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype]))
-    run_module(model, arrays)

@@ -95,20 +95,20 @@ class Tier(Generic[K]):
 class MemoryObserver(Protocol):
     """Where the manager reports to (metrics): called on the event loop."""
 
-    def loaded(self, tier: str, seconds: float) -> None:
-        """A model was paged in from ``tier`` (cpu, disk or remote) in ``seconds``."""
+    def loaded(self, key: tuple[str, str], tier: str, seconds: float) -> None:
+        """Model ``key`` was paged in from ``tier`` (cpu, disk or remote) in ``seconds``."""
         ...
 
-    def evicted(self, tier: str) -> None:
-        """A model left ``tier`` (gpu, cpu or disk), demoted or dropped."""
+    def evicted(self, key: tuple[str, str], tier: str) -> None:
+        """Model ``key`` left ``tier`` (gpu, cpu or disk), demoted or dropped."""
         ...
 
 
 class NullObserver:
-    def loaded(self, tier: str, seconds: float) -> None:
+    def loaded(self, key: tuple[str, str], tier: str, seconds: float) -> None:
         pass
 
-    def evicted(self, tier: str) -> None:
+    def evicted(self, key: tuple[str, str], tier: str) -> None:
         pass
 
 

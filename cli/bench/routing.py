@@ -13,9 +13,7 @@ Reported per row: p50 and p99 latency (from scheduled send times), throughput
 ``X-Model-Source`` was not ``cpu``/``gpu``). Ratios are taken within the run:
 the machine is shared and noisy.
 
-Memory budgets: each worker gets ``--cpu-memory`` = half the zoo's bytes (when
-the worker takes that flag; until the memory manager is wired a worker keeps
-every model it loads, and the table says so). No worker can hold every model,
+Memory budgets: each worker gets ``--cpu-memory`` = half the zoo's bytes. No worker can hold every model,
 so a worker that sees every model (round-robin, least-loaded) keeps paging
 them in and out; the cluster's memory together (1.5x the zoo with three
 workers) holds every model once when each model stays on its owners, which is
@@ -28,7 +26,6 @@ import contextlib
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -54,14 +51,6 @@ class Row:
     dropped: int
 
 
-def worker_takes(flag: str, value: str) -> bool:
-    """Whether ``affinity worker`` knows ``flag`` (in this build)."""
-    from cli.main import build_parser
-
-    _, unknown = build_parser().parse_known_args(["worker", "--models", ".", flag, value])
-    return flag not in unknown
-
-
 def zoo_bytes(models: Path) -> int:
     return sum(p.stat().st_size for p in models.glob("*/*/model.safetensors"))
 
@@ -69,23 +58,21 @@ def zoo_bytes(models: Path) -> int:
 class BenchCluster:
     """Workers and one balancer as child processes, logs in ``logdir``."""
 
-    def __init__(self, models: Path, workers: int, budget: int | None, policy: str, logdir: Path) -> None:
+    def __init__(self, models: Path, workers: int, budget: int, policy: str, logdir: Path) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[object] = []
         threads = max(1, (os.cpu_count() or 1) // workers)
         urls = []
         for i in range(workers):
             port = free_port()
-            args = ["worker", "--models", str(models), "--port", str(port), "--threads", str(threads)]
-            args += ["--log-level", "WARNING"]
-            if budget is not None:
-                args += ["--cpu-memory", str(budget)]
+            args = ["worker", "--models", str(models), "--port", str(port), "--grpc-port", "0"]
+            args += ["--threads", str(threads), "--cpu-memory", str(budget), "--log-level", "WARNING"]
             urls.append(f"http://127.0.0.1:{port}")
             self._spawn(args, logdir / f"{policy}-worker-{i}.log")
         for url, proc in zip(urls, self.procs, strict=True):
             wait_ready(url + "/v2/health/ready", proc)
         port = free_port()
-        args = ["balancer", "--workers", ",".join(urls), "--port", str(port), "--policy", policy]
+        args = ["balancer", "--workers", ",".join(urls), "--port", str(port), "--grpc-port", "0", "--policy", policy]
         args += ["--log-level", "WARNING"]
         balancer = self._spawn(args, logdir / f"{policy}-balancer.log")
         self.url = f"http://127.0.0.1:{port}"
@@ -143,9 +130,7 @@ def run_routing(
             models = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-")))
             make_zoo(models, count=zoo_count, min_size=8 << 20, max_size=32 << 20)
         total = zoo_bytes(models)
-        budget = total // 2 if worker_takes("--cpu-memory", "1MiB") else None
-        if budget is None:
-            print("workers take no --cpu-memory yet: every model stays in memory once loaded", file=sys.stderr)
+        budget = total // 2
         rows = []
         for scenario, popularity in SCENARIOS.items():
             for policy in policies:
@@ -179,7 +164,7 @@ def _ratio(a: float, b: float) -> str:
 def report(
     rows: list[Row],
     workers: int,
-    budget: int | None,
+    budget: int,
     total: int,
     duration: float,
     warmup: float,
@@ -187,7 +172,7 @@ def report(
     skew_rate: float,
     seed: int,
 ) -> str:
-    memory = f"{budget / 2**20:.0f} MiB each" if budget is not None else "none (every model stays loaded)"
+    memory = f"{budget / 2**20:.0f} MiB each"
     lines = [
         f"`affinity bench routing` on {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}: {workers} workers, zoo {total / 2**20:.0f} MiB, budgets {memory}; "
