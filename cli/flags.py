@@ -60,9 +60,8 @@ class Flags:
         if from_env is not None:
             default, required = from_env, False  # argparse applies ``type`` to string defaults
         shown = "" if default is None or secret else f" (default: {default})"
-        self.parser.add_argument(
-            flag, type=type, default=default, required=required, help=f"{help}{shown} [env {env}]", **kwargs
-        )
+        text = f"{help}{shown} [env {env}]".replace("%", "%%")  # argparse %-formats help ("50%" would break it)
+        self.parser.add_argument(flag, type=type, default=default, required=required, help=text, **kwargs)
 
 
 def config_from(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
