@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
+from cli import publish as publish_cli
 from cli.flags import Flags, amount, config_from, size
 from common import __version__
 from common.auth import ADMIN_TOKEN_ENV
@@ -121,6 +122,7 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--archs", "comma-separated architectures, cycled", default="mlp,cnn,transformer,logreg")
     f.add("--seed", "random seed (same seed, same zoo)", type=int, default=0)
     make.set_defaults(run=_run_models_make)
+    publish_cli.add_parser(msub)
 
 
 def build_parser() -> argparse.ArgumentParser:
