@@ -41,6 +41,7 @@ from tests.deploy_files import (
     DASHBOARD,
     DEPLOY,
     PROMETHEUS,
+    cli_env,
     compose,
     k8s_documents,
     pod_spec,
@@ -231,8 +232,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, dns_serv
 
         env = rewrite.env(services["balancer"], AFFINITY_BALANCER_HOST="127.0.0.1")
         env["AFFINITY_BALANCER_PORT"] = str(free_port())
-        if "AFFINITY_BALANCER_WORKERS_DNS" in env:
+        if "AFFINITY_BALANCER_DNS_RESOLVER" in cli_env()["balancer"]:
             env["AFFINITY_BALANCER_DNS_RESOLVER"] = f"127.0.0.1:{dns_server}"
+        else:  # TEMPORARY until DNS discovery lands: the addresses the DNS server gives, listed
+            env.pop("AFFINITY_BALANCER_WORKERS_DNS", None)
+            env["AFFINITY_BALANCER_WORKERS"] = ",".join(w.url for w in workers)
         env["AFFINITY_BALANCER_INDEX_REFRESH"] = "2"
         envs["balancer"] = env
         proc = _start("balancer", services["balancer"], env, logdir)
