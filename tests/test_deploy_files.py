@@ -425,3 +425,16 @@ def test_grafana_dashboard_is_provisioned_from_the_mounted_files() -> None:
     titles = " ".join(p["title"].lower() for p in panels)
     for topic in ("request rate", "latency", "cache hit ratio", "per worker", "loads", "evictions", "tier memory"):
         assert topic in titles, topic
+
+
+def test_workers_on_a_wildcard_address_take_the_hostname_as_their_id(tmp_path: Path) -> None:
+    """Replicas of the compose `worker` service all listen on 0.0.0.0:8100; each must still
+    have its own id on the ring (its container's hostname), and an explicit id wins."""
+    import socket
+
+    store = tmp_path.as_uri()
+    assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store).identity == f"{socket.gethostname()}:8100"
+    assert WorkerConfig(host="::", port=8100, remote_store=store).identity == f"{socket.gethostname()}:8100"
+    assert WorkerConfig(host="127.0.0.2", port=8100, remote_store=store).identity == "127.0.0.2:8100"
+    assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store, worker_id="w-0").identity == "w-0"
+    assert compose()["services"]["worker"]["environment"]["AFFINITY_WORKER_HOST"] == "0.0.0.0"
