@@ -1,7 +1,7 @@
 # The few commands people type. The README's two set-up commands create .venv.
 PY ?= .venv/bin/python
 
-.PHONY: run test lint format
+.PHONY: run test lint format stubs
 
 run:
 	.venv/bin/affinity up
@@ -17,3 +17,7 @@ lint:
 format:
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# The gRPC stubs of protocol/grpc_service/inference.proto (committed; a test fails on drift).
+stubs:
+	$(PY) -m protocol.grpc_service.generate

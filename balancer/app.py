@@ -14,6 +14,8 @@ import logging
 
 from balancer.config import BalancerConfig
 from balancer.discovery import StaticDiscovery
+from balancer.grpc_client import GrpcUpstream
+from balancer.grpc_front import BalancerServicer
 from balancer.handlers import BalancerHandlers
 from balancer.http_client import HttpClient
 from balancer.index import ModelIndex
@@ -26,6 +28,7 @@ from balancer.transport import Transport
 from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
+from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
@@ -54,6 +57,7 @@ class Balancer:
             breaker = CircuitBreaker(cooldown=config.redis_breaker_cooldown)
             remote = RedisStore(config.redis_url, config.redis_timeout, breaker)
         policy = make_policy(config.policy, config.balance_factor)
+        self.grpc_upstream = GrpcUpstream(config.grpc_max_message) if config.grpc_port else None
         self.service = BalancerService(
             config=config,
             members=members,
@@ -61,17 +65,26 @@ class Balancer:
             router=Router(members, policy, self.transport, metrics, config.max_retries),
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
+            grpc=self.grpc_upstream,
         )
         self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, config.http_limits())
+        self.grpc: GrpcListener | None = None
+        if config.grpc_port:
+            self.grpc = GrpcListener(BalancerServicer(self.service).handlers(), config.grpc_max_message)
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
+        self.grpc_port: int | None = None
 
     async def start(self) -> None:
         await self.service.rules.start()
         try:
             self.port = await self.http.start(self.config.host, self.config.port)
+            if self.grpc is not None:
+                self.grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port)
+                await self.grpc.set_serving()
         except OSError:
+            await self.http.shutdown(0)
             await self.service.rules.close()
             await self.transport.close()
             await self.service.cache.close()
@@ -80,9 +93,9 @@ class Balancer:
         self._tasks.add(loop.create_task(self._refresh()))
         self._tasks.add(loop.create_task(self.loop_lag.run()))
         log.info(
-            "balancer on http://%s:%d routing to %d workers (policy %s, cache %s)",
-            self.config.host, self.port, len(self.config.workers), self.config.policy,
-            "redis" if self.config.redis_url else "in-process",
+            "balancer on http://%s:%d%s routing to %d workers (policy %s, cache %s)",
+            self.config.host, self.port, f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "",
+            len(self.config.workers), self.config.policy, "redis" if self.config.redis_url else "in-process",
         )  # fmt: skip
 
     async def refresh(self) -> None:
@@ -101,10 +114,18 @@ class Balancer:
 
     def begin_drain(self) -> None:
         self.service.draining = True
+        if self.grpc is not None:
+            task = asyncio.get_running_loop().create_task(self.grpc.drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         self.begin_drain()
-        await self.http.shutdown(self.config.shutdown_timeout)
+        grace = self.config.shutdown_timeout
+        if self.grpc is not None:
+            await asyncio.gather(self.http.shutdown(grace), self.grpc.stop(grace))
+        else:
+            await self.http.shutdown(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -112,6 +133,8 @@ class Balancer:
         await self.service.rules.close()
         await self.service.cache.close()
         await self.transport.close()
+        if self.grpc_upstream is not None:
+            await self.grpc_upstream.close()
 
 
 async def serve(config: BalancerConfig) -> int:

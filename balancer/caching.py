@@ -4,16 +4,21 @@
   agree on the version's weights (``ModelInfo.scope``);
 - flags: ``Cache-Control: no-cache`` skips the lookup, ``no-store`` the store;
   with both (or an uncacheable model) the body is not even parsed;
-- key: ``cache.keys`` over typed tensors, scoped by model, version and weights;
-  a payload seen before (no ``id``, no Cache-Control) finds its key in a memo of
-  raw bodies with no JSON work at all;
+- key: ``cache.keys`` over typed tensors, scoped by model, version and weights,
+  whatever the encoding (a JSON body, the binary extension's raw bytes, a gRPC
+  message's raw or typed contents: the same tensors, the same key); a JSON
+  payload seen before (no ``id``, no Cache-Control, no binary choices) finds its
+  key in a memo of raw bodies with no JSON work at all;
+- rendering: how the request wants its answer (``balancer.renderings``);
 - large bodies never stall the event loop: above ``large_body`` bytes the
   memo's digest is taken in a thread (hashlib releases the GIL) and the key is
   derived in a separate process (``cache.key_process``), so cache hits keep
   flowing meanwhile;
-- store rule: a 200 JSON answer of a request whose plan says store, without its
-  ``id`` (spliced back on every hit), within the entry size limit, for the
-  model's TTL.
+- large binary and gRPC requests are keyed in a thread (hashing raw bytes
+  releases the GIL; there is no JSON to parse);
+- store rule: a 200 answer (JSON, binary extension, or protobuf kept in the
+  binary form) of a request whose plan says store, without its ``id`` (spliced
+  back on every hit), within the entry size limit, for the model's TTL.
 """
 
 from __future__ import annotations
@@ -27,10 +32,13 @@ import orjson
 
 from balancer.index import ModelInfo
 from balancer.plan import InferCall, RequestPlan
-from cache.entry import CachedAnswer
+from balancer.renderings import GRPC_CONTENT_TYPE, GRPC_RENDERING, Rendering
+from cache.entry import BINARY, CachedAnswer
 from cache.key_process import KeyProcess
-from cache.keys import KeyMemo, json_key_request, request_id_of, typed_key
+from cache.keys import KeyMemo, KeyRequest, KeyScope, key_request, request_id_of, typed_key
 from cache.response_cache import ResponseCache
+from protocol import binary_codec, grpc_messages
+from protocol.errors import ProtocolError
 from protocol.json_body import loads_object, strip_id
 
 log = logging.getLogger(__name__)
@@ -65,8 +73,8 @@ class CacheRules:
         self.key_process = KeyProcess()
 
     def memo_hit(self, info: ModelInfo, version: str, call: InferCall) -> CachedAnswer | None:
-        """A repeated small payload's answer, found by its raw bytes (no parsing)."""
-        if call.cache_control is not None or len(call.body) > self.large_body:
+        """A repeated small JSON payload's answer, found by its raw bytes (no parsing)."""
+        if call.cache_control is not None or len(call.body) > self.large_body or call.encoding != "json":
             return None
         scope = info.scope(version)
         if scope is None:
@@ -87,32 +95,47 @@ class CacheRules:
             return RequestPlan(info.name, version, None, None, False, False, started, info.cache_ttl)
         if len(call.body) > self.large_body:
             return None
-        obj = loads_object(call.body)
-        request_id = request_id_of(obj)
-        key = typed_key(scope, json_key_request(obj))
-        if request_id is None:
-            self.memo.put(scope, self.memo.ref(call.body), key)
+        if call.encoding == "json":
+            obj = loads_object(call.body)
+            request_id = request_id_of(obj)
+            key = typed_key(scope, key_request(obj))
+            rendering = Rendering("rest", binary_codec.output_encoding(obj.get("parameters"), obj.get("outputs")))
+            if request_id is None and not rendering.outputs.any_binary:  # the memo's answers are plain JSON
+                self.memo.put(scope, self.memo.ref(call.body), key)
+        else:
+            key, request_id, rendering = derive_key(call, scope)
         if not store:
             self._on_store("no_store")
-        return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl)
+        return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl, rendering)
 
     async def plan_large(self, info: ModelInfo, version: str, call: InferCall, started: float) -> RequestPlan:
         lookup, store = cache_flags(call.cache_control)
         scope = info.scope(version)
         assert scope is not None
         loop = asyncio.get_running_loop()
+        if call.encoding != "json":
+            derived_key, derived_id, derived_as = await loop.run_in_executor(
+                self._thread_pool(), derive_key, call, scope
+            )
+            if not store:
+                self._on_store("no_store")
+            return RequestPlan(
+                info.name, version, derived_key, derived_id, lookup, store, started, info.cache_ttl, derived_as
+            )
         body = call.body
         ref = await loop.run_in_executor(self._thread_pool(), self.memo.ref, body)
         key = self.memo.get(scope, ref)
         request_id = None
+        rendering = Rendering()  # a remembered body asked for plain JSON
         if key is None:
-            derived, request_id = await self.key_process.derive(body, scope)
-            if request_id is None:
+            derived, request_id, encoding = await self.key_process.derive(body, scope)
+            rendering = Rendering("rest", encoding)
+            if request_id is None and not encoding.any_binary:
                 self.memo.put(scope, ref, derived)
             key = derived
         if not store:
             self._on_store("no_store")
-        return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl)
+        return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl, rendering)
 
     async def start(self) -> None:
         """Start the key process before the balancer reports ready."""
@@ -123,29 +146,48 @@ class CacheRules:
             self._threads = ThreadPoolExecutor(2, thread_name_prefix="digest")
         return self._threads
 
-    def keep(self, plan: RequestPlan, status: int, content_type: str, body: bytes, worker: str) -> bytes | None:
-        """The id-free body of a 200 JSON answer (stored when the plan says so), or
-        None when the answer can be neither stored nor shared by splicing. A
-        process holding the key's Redis lock gives it up either way."""
-        stripped: bytes | None = None
+    def keep(
+        self, plan: RequestPlan, status: int, content_type: str, body: bytes, worker: str, header_length: int = 0
+    ) -> tuple[bytes, int] | None:
+        """The id-free body of a 200 answer and its binary header's length (stored
+        when the plan says so), or None when the answer can be neither stored nor
+        shared by splicing. A process holding the key's Redis lock gives it up
+        either way."""
+        stripped: tuple[bytes, int] | None = None
+        canonical: tuple[bytes, str, int] | None = None
         reason = ""
-        if status != 200:
-            reason = "not_ok"
-        elif not content_type.startswith(JSON):
-            reason = "not_json"
-        else:
-            try:
-                stripped = strip_id(body, plan.request_id)
-            except orjson.JSONDecodeError:
+        try:
+            if status != 200:
+                reason = "not_ok"
+            elif content_type.startswith(JSON):
+                stripped = (strip_id(body, plan.request_id), 0)
+                canonical = (stripped[0], JSON, 0)
+            elif content_type.startswith(BINARY) and header_length:
+                stripped = binary_codec.strip_binary_id(body, header_length, plan.request_id)
+                canonical = (stripped[0], BINARY, stripped[1])
+            elif content_type.startswith(GRPC_CONTENT_TYPE):
+                msg = grpc_messages.pb.ModelInferResponse.FromString(body)
+                stripped = (grpc_messages.strip_proto_id(body, msg)[0], 0)
+                raw = grpc_messages.response_from_proto(msg)
+                binary, length = binary_codec.render_binary(raw, binary_codec.BINARY_OUTPUTS)
+                canonical = (binary, BINARY, length)
+            else:
                 reason = "not_json"
-        stored = False
+        except (orjson.JSONDecodeError, ProtocolError, ValueError):  # protobuf's DecodeError is a ValueError
+            stripped, canonical, reason = None, None, "not_json"
+        stored: CachedAnswer | None = None
         if plan.store and plan.key is not None:
-            if stripped is None:
+            if canonical is None:
                 self._on_store(reason)
             else:
-                stored = self.cache.put(plan.key, stripped, worker, plan.cache_ttl, release=plan.lookup)
-                self._on_store("stored" if stored else "too_large")
-        if plan.lookup and plan.key is not None and not stored:
+                entry_body, entry_type, entry_length = canonical
+                stored = self.cache.put(
+                    plan.key, entry_body, worker, plan.cache_ttl, plan.lookup, entry_type, entry_length
+                )
+                if stored is not None and stripped is not None and plan.rendering == GRPC_RENDERING:
+                    stored.renderings[GRPC_RENDERING] = stripped  # the worker's own bytes, as the miss answered
+                self._on_store("stored" if stored is not None else "too_large")
+        if plan.lookup and plan.key is not None and stored is None:
             self.cache.release(plan.key)  # waiting balancers go upstream themselves
         return stripped
 
@@ -153,3 +195,23 @@ class CacheRules:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
         await self.key_process.close()
+
+
+def derive_key(call: InferCall, scope: KeyScope) -> tuple[str, str | None, Rendering]:
+    """(key, request id, rendering) of a binary-extension or gRPC request: a pure
+    function, so a large one's can run in a thread."""
+    if call.encoding == "binary":
+        assert call.header_length is not None
+        header, binary = binary_codec.split(call.body, call.header_length)
+        rendering = Rendering("rest", binary_codec.output_encoding(header.get("parameters"), header.get("outputs")))
+        return typed_key(scope, key_request(header, binary)), request_id_of(header), rendering
+    msg = call.message if call.message is not None else grpc_messages.parse_request(call.body)
+    content = KeyRequest(
+        grpc_messages.request_inputs(msg),
+        grpc_messages.requested_outputs(msg),
+        grpc_messages.parameters_from_proto(msg.parameters),
+    )
+    return typed_key(scope, content), msg.id or None, GRPC_RENDERING
+
+
+LARGE_MESSAGE = LARGE_BODY  # a gRPC message past this is parsed off the event loop, with its key

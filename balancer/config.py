@@ -30,6 +30,8 @@ class BalancerConfig:
     workers: tuple[str, ...]
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001  # 0: no gRPC front
+    grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     policy: str = "affinity"
     balance_factor: float = 1.25
     redis_url: str | None = None
@@ -69,8 +71,10 @@ class BalancerConfig:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         if self.balance_factor <= 0:
             raise ValueError("balance factor must be above 0")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be in 0..65535")
+        if not 0 <= self.port <= 65535 or not 0 <= self.grpc_port <= 65535:
+            raise ValueError("ports must be in 0..65535")
+        if self.grpc_max_message < 1:
+            raise ValueError("the gRPC message limit must be positive")
         if self.max_retries < 0 or self.cache_ttl < 1 or self.try_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("retries, TTL and timeouts must be positive")
         if self.drain_delay < 0:

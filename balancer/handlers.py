@@ -14,16 +14,10 @@ from balancer.service import BalancerService
 from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
-from protocol.errors import BadRequest
+from protocol import binary_codec
 from protocol.stats import stats_body
 
-BINARY_HEADER = "inference-header-content-length"
-
-
-def check_json_request(headers: dict[str, str]) -> None:
-    """Refuse, clearly, a request in the binary tensor data extension (not served yet)."""
-    if BINARY_HEADER in headers:
-        raise BadRequest("the binary tensor data extension is not supported yet: send the request as JSON")
+BINARY_HEADER = binary_codec.HEADER_KEY
 
 
 def render(answer: Answer) -> Response:
@@ -58,15 +52,26 @@ class BalancerHandlers:
 
     def infer(self, request: Request) -> Response | Awaitable[Response]:
         headers = request.headers
-        check_json_request(headers)
         match = request.match
-        call = InferCall(
-            match["name"],
-            match.get("version"),
-            request.body,
-            headers.get("content-type", JSON),
-            headers.get("cache-control"),
-        )
+        length = headers.get(BINARY_HEADER)
+        if length is None:
+            call = InferCall(
+                match["name"],
+                match.get("version"),
+                request.body,
+                headers.get("content-type", JSON),
+                headers.get("cache-control"),
+            )
+        else:  # the binary tensor data extension: forwarded as it came, keyed from its raw bytes
+            call = InferCall(
+                match["name"],
+                match.get("version"),
+                request.body,
+                headers.get("content-type", binary_codec.CONTENT_TYPE),
+                headers.get("cache-control"),
+                encoding="binary",
+                header_length=binary_codec.header_length(length),
+            )
         outcome = self.service.infer(call)
         return render(outcome) if isinstance(outcome, Answer) else _render_later(outcome)
 

@@ -242,7 +242,13 @@ class HttpClient:
         return None
 
     async def send(
-        self, base_url: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> UpstreamResponse:
         pool = self._pool(base_url)
         payload = body or b""
@@ -251,6 +257,8 @@ class HttpClient:
         )  # fmt: skip
         if content_type:
             head += b"Content-Type: %s\r\n" % content_type.encode("latin-1")
+        for name, value in (headers or {}).items():
+            head += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         data = head + b"\r\n" + payload
         loop = asyncio.get_running_loop()
         if self._sweeper is None:

@@ -4,14 +4,21 @@ over, the plan built once from it, and the answer handed back."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from balancer.renderings import JSON_RENDERING, Rendering
 from common.http_message import HeaderBlock
 
 
 @dataclass(frozen=True, slots=True)
 class InferCall:
-    """One inference as a front hands it over (REST: the path's model and version,
-    the raw JSON body and the headers that matter)."""
+    """One inference as a front hands it over: the model and version, the body
+    as it came (forwarded unchanged) and what the body is.
+
+    encoding  json    REST, a JSON body
+              binary  REST, the binary extension (``header_length`` set)
+              grpc    a serialised ModelInferRequest (``message``: it parsed)
+    ``timeout``: the seconds the caller's deadline leaves (gRPC), None for none."""
 
     model: str
     version: str | None
@@ -19,6 +26,10 @@ class InferCall:
     content_type: str
     cache_control: str | None = None
     protocol: str = "rest"
+    encoding: str = "json"
+    header_length: int | None = None
+    message: Any = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,15 @@ class RequestPlan:
     store: bool  # store a cacheable answer under the key
     started: float  # perf_counter() when the request was read
     cache_ttl: float | None = None  # the model's own TTL for stored answers (None: the default)
+    rendering: Rendering = JSON_RENDERING  # how the request wants its answer
+
+    @property
+    def flight(self) -> str | None:
+        """The key identical requests in flight share: one per rendering, so each
+        shared answer only needs its id spliced in."""
+        if self.key is None or self.rendering == JSON_RENDERING:
+            return self.key
+        return f"{self.key}|{self.rendering.tag}"
 
     @property
     def cache_state(self) -> str:

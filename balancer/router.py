@@ -45,10 +45,21 @@ class Router:
         self.max_retries = max_retries
 
     async def send(
-        self, model: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        model: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[UpstreamResponse, str]:
-        """One REST exchange for ``model``: the answer and the id of the worker that gave it."""
+        """One REST exchange for ``model``: the answer and the id of the worker that gave it
+        (``headers``: more request headers, such as the binary extension's)."""
         transport, addresses = self.transport, self.members.addresses
+        if headers:
+            return await self.call(
+                model, lambda w: transport.send(addresses[w].http, method, path, body, content_type, headers)
+            )
         return await self.call(model, lambda w: transport.send(addresses[w].http, method, path, body, content_type))
 
     async def call(self, model: str, attempt: Attempt) -> tuple[UpstreamResponse, str]:

@@ -27,17 +27,21 @@ import orjson
 from balancer.caching import CacheRules
 from balancer.config import BalancerConfig
 from balancer.errors import UpstreamError
+from balancer.grpc_client import GrpcUpstream
 from balancer.index import ModelIndex, ModelInfo
 from balancer.members import Members
 from balancer.metrics import BalancerMetrics
 from balancer.plan import Answer, InferCall, RequestPlan
+from balancer.renderings import JSON_RENDERING, Rendering, render, with_id
 from balancer.router import Router
 from balancer.transport import UpstreamResponse
 from cache.entry import CachedAnswer
 from cache.response_cache import ResponseCache
 from common import __version__
 from common.singleflight import SingleFlight
+from protocol import binary_codec
 from protocol.errors import (
+    DeadlineExceeded,
     ModelNotFound,
     ProtocolError,
     UpstreamUnavailable,
@@ -50,7 +54,7 @@ from protocol.stats import ModelStats, combine, parse_stats_body
 from protocol.types import ServerMetadata
 
 SERVER_NAME = "affinity-serve"
-EXTENSIONS = ("model_repository", "statistics")
+EXTENSIONS = ("model_repository", "statistics", "binary_tensor_data")
 JSON = "application/json"
 
 Outcome = Answer | Awaitable[Answer]
@@ -63,7 +67,7 @@ class Upstream:
     response: UpstreamResponse
     worker: str
     request_id: str | None
-    stripped: bytes | None = None  # id-free body, when the answer was 2xx JSON
+    stripped: tuple[bytes, int] | None = None  # id-free body (and binary header length) of a 200 answer
     cache: str = ""  # "hit" when another balancer computed it (found in Redis while waiting)
 
 
@@ -86,6 +90,7 @@ class BalancerService:
         router: Router,
         cache: ResponseCache,
         metrics: BalancerMetrics,
+        grpc: GrpcUpstream | None = None,
     ) -> None:
         self.config = config
         self.members = members
@@ -97,6 +102,7 @@ class BalancerService:
         metrics.watch_cache(cache)
         self.flights: SingleFlight[Upstream] = SingleFlight()
         self.draining = False
+        self.grpc = grpc  # the gRPC client to the workers, when the gRPC front is on
 
     # inference
 
@@ -138,7 +144,7 @@ class BalancerService:
         hit = self.rules.memo_hit(info, version, call)
         if hit is not None:
             self.metrics.hit("local", info.name)
-            return _hit(hit, None)
+            return _hit(hit, None) if hit.header_length == 0 else rendered_hit(hit, JSON_RENDERING, None)
         plan = self.rules.plan(info, version, call, started)
         if plan is None:
             return self._infer_large(call, info, version, started)
@@ -155,7 +161,7 @@ class BalancerService:
             hit = self.cache.get_local(plan.key)
             if hit is not None:
                 self.metrics.hit("local", plan.model)
-                return _hit(hit, plan.request_id)
+                return _hit_as(hit, plan)
             if self.cache.remote is not None:
                 return self._remote_then_forward(plan, call)
             self.metrics.miss(plan.model)
@@ -168,30 +174,35 @@ class BalancerService:
         self.metrics.lookup.observe(time.perf_counter() - began)
         if hit is not None:
             self.metrics.hit("redis", plan.model)
-            return _hit(hit, plan.request_id)
+            return _hit_as(hit, plan)
         self.metrics.miss(plan.model)
         return await self._forward(plan, call)
 
     async def _forward(self, plan: RequestPlan, call: InferCall) -> Answer:
         work = self._upstream(plan, call)
-        if plan.lookup:
-            assert plan.key is not None
-            result, shared = await self.flights.do(plan.key, work)
+        flight = plan.flight
+        if flight is not None and plan.lookup:
+            result, shared = await self.flights.do(flight, work)
         else:
             result, shared = await work, False
         resp = result.response
         body = resp.body
+        content_type = resp.headers.get("Content-Type", JSON)
+        length = resp.headers.get(binary_codec.HEADER)
         if shared:
             self.metrics.coalesced.labels("local").value += 1
             if result.stripped is not None and result.request_id != plan.request_id:
-                body = splice_id(result.stripped, plan.request_id)
+                rendered = with_id(*result.stripped, plan.rendering, plan.request_id)
+                body, content_type = rendered.body, rendered.content_type
+                length = None if rendered.header_length is None else str(rendered.header_length)
         state = result.cache or plan.cache_state
         headers = {"X-Cache": state, "X-Served-By": result.worker}
         for name in ("X-Model-Source", "Retry-After"):
             value = resp.headers.get(name)
             if value is not None:
                 headers[name] = value
-        content_type = resp.headers.get("Content-Type", JSON)
+        if length is not None:
+            headers[binary_codec.HEADER] = length
         return Answer(resp.status, body, content_type, state, result.worker, headers)
 
     async def _upstream(self, plan: RequestPlan, call: InferCall) -> Upstream:
@@ -200,12 +211,37 @@ class BalancerService:
             found = await self._computed_elsewhere(plan)
             if found is not None:
                 return found
-        resp, worker = await self.router.send(plan.model, "POST", plan.upstream_path, call.body, call.content_type)
+        if call.encoding == "grpc":
+            resp, worker = await self._grpc_upstream(plan, call)
+        else:
+            extra = None if call.header_length is None else {binary_codec.HEADER: str(call.header_length)}
+            path = plan.upstream_path
+            resp, worker = await self.router.send(plan.model, "POST", path, call.body, call.content_type, extra)
         result = Upstream(resp, worker, plan.request_id)
         if plan.lookup or plan.store:  # the id-free body is needed only to store or to share
             content_type = resp.headers.get("Content-Type", "")
-            result.stripped = self.rules.keep(plan, resp.status, content_type, resp.body, worker)
+            length = int(resp.headers.get(binary_codec.HEADER, "0") or 0)
+            result.stripped = self.rules.keep(plan, resp.status, content_type, resp.body, worker, length)
         return result
+
+    async def _grpc_upstream(self, plan: RequestPlan, call: InferCall) -> tuple[UpstreamResponse, str]:
+        """The gRPC message, forwarded as it came to the workers' gRPC ports, with the
+        router's policy and retries; each try gets what the caller's deadline leaves."""
+        client, addresses = self.grpc, self.members.addresses
+        assert client is not None, "a gRPC call needs the gRPC client"
+        try_timeout = self.config.try_timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if call.timeout is None else loop.time() + call.timeout
+
+        def attempt(worker: str) -> Awaitable[UpstreamResponse]:
+            timeout = try_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - loop.time())
+                if timeout <= 0:
+                    raise DeadlineExceeded("the request's deadline passed")
+            return client.infer(addresses[worker].grpc, call.body, timeout)
+
+        return await self.router.call(plan.model, attempt)
 
     async def _computed_elsewhere(self, plan: RequestPlan) -> Upstream | None:
         """Coalescing across balancers: when another balancer holds the key's lock,
@@ -215,9 +251,14 @@ class BalancerService:
         if stored is None:
             return None
         self.metrics.coalesced.labels("remote").value += 1
-        body = splice_id(stored.body, plan.request_id)
-        response = UpstreamResponse(200, body, {"Content-Type": stored.content_type})
-        return Upstream(response, stored.served_by, plan.request_id, stored.body, "hit")
+        rendered = render(stored, plan.rendering, plan.request_id)
+        headers = {"Content-Type": rendered.content_type}
+        if rendered.header_length is not None:
+            headers[binary_codec.HEADER] = str(rendered.header_length)
+        response = UpstreamResponse(200, rendered.body, headers)
+        id_free = render(stored, plan.rendering, None)
+        stripped = (id_free.body, id_free.header_length or 0)
+        return Upstream(response, stored.served_by, plan.request_id, stripped, "hit")
 
     # metadata, health, repository
 
@@ -286,6 +327,22 @@ class BalancerService:
 
 def _hit(hit: CachedAnswer, request_id: str | None) -> Answer:
     return Answer(200, splice_id(hit.body, request_id), None, "hit", hit.served_by, None, hit.hit_headers)
+
+
+def _hit_as(hit: CachedAnswer, plan: RequestPlan) -> Answer:
+    """A hit in the plan's rendering: the stored JSON as it is (the hot path), or
+    rendered from the entry (memoised in it)."""
+    if plan.rendering == JSON_RENDERING and hit.header_length == 0:
+        return _hit(hit, plan.request_id)
+    return rendered_hit(hit, plan.rendering, plan.request_id)
+
+
+def rendered_hit(hit: CachedAnswer, rendering: Rendering, request_id: str | None) -> Answer:
+    rendered = render(hit, rendering, request_id)
+    headers = {"X-Cache": "hit", "X-Served-By": hit.served_by}
+    if rendered.header_length is not None:
+        headers[binary_codec.HEADER] = str(rendered.header_length)
+    return Answer(200, rendered.body, rendered.content_type, "hit", hit.served_by, headers)
 
 
 def _json_or_raise(resp: UpstreamResponse) -> dict[str, Any]:

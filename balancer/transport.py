@@ -25,7 +25,13 @@ class UpstreamResponse:
 
 class Transport(Protocol):
     async def send(
-        self, base_url: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...

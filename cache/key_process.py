@@ -10,7 +10,8 @@ loop for milliseconds per large body while its helper threads pickled it.
 
 Wire format, both ways: a 4-byte little-endian length, then that many bytes.
 Request: the length-framed JSON ``[namespace, model, version, weights]`` and the
-body. Answer: JSON ``["ok", key, request_id]`` or ``["error", status, message]``.
+body. Answer: JSON ``["ok", key, request_id, [binary_default, overrides]]`` (the
+answer encoding the body asks for) or ``["error", status, message]``.
 Answers come in request order.
 """
 
@@ -26,6 +27,7 @@ from collections import deque
 import orjson
 
 from cache.keys import KeyScope, key_from_json_body
+from protocol.binary_codec import OutputEncoding
 from protocol.errors import ProtocolError, Unavailable, error_for_status
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,10 @@ def _serve() -> None:
         (size,) = _LEN.unpack(stdin.read(4))
         body = stdin.read(size)
         try:
-            scope = KeyScope(*orjson.loads(scope_raw))
-            key, request_id = key_from_json_body(body, scope)
-            answer = orjson.dumps(["ok", key, request_id])
+            namespace, model, version, weights = orjson.loads(scope_raw)
+            scope = KeyScope(model, version, weights, namespace)  # the wire's order is not the fields' order
+            key, request_id, encoding = key_from_json_body(body, scope)
+            answer = orjson.dumps(["ok", key, request_id, [encoding.binary_default, encoding.overrides]])
         except ProtocolError as exc:
             answer = orjson.dumps(["error", exc.status, exc.message])
         except Exception as exc:  # a bug, not bad input: say so, keep serving
@@ -62,13 +65,14 @@ def _lower_priority() -> None:
 
 
 class KeyProcess:
-    """The balancer's side: ``await derive(body, scope)`` -> (key, request id)."""
+    """The balancer's side: ``await derive(body, scope)`` -> (key, request id, answer encoding)."""
 
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
-        self._waiting: deque[asyncio.Future[tuple[str, str | None]]] = deque()
+        self._waiting: deque[asyncio.Future[tuple[str, str | None, OutputEncoding]]] = deque()
         self._reader: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+        self._closing = False
 
     async def start(self) -> None:
         async with self._starting:
@@ -84,12 +88,12 @@ class KeyProcess:
             )
             self._reader = asyncio.get_running_loop().create_task(self._read(self._proc))
 
-    async def derive(self, body: bytes, scope: KeyScope) -> tuple[str, str | None]:
+    async def derive(self, body: bytes, scope: KeyScope) -> tuple[str, str | None, OutputEncoding]:
         if self._proc is None or self._proc.returncode is not None:
             await self.start()
         proc = self._proc
         assert proc is not None and proc.stdin is not None
-        future: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[str, str | None, OutputEncoding]] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         scope_raw = orjson.dumps([scope.namespace, scope.model, scope.version, scope.weights])
         proc.stdin.write(_LEN.pack(len(scope_raw)) + scope_raw + _LEN.pack(len(body)))
@@ -102,16 +106,19 @@ class KeyProcess:
         try:
             while True:
                 (size,) = _LEN.unpack(await proc.stdout.readexactly(4))
-                kind, first, second = orjson.loads(await proc.stdout.readexactly(size))
+                kind, first, second, *rest = orjson.loads(await proc.stdout.readexactly(size))
                 future = self._waiting.popleft()
                 if future.done():
                     continue
                 if kind == "ok":
-                    future.set_result((first, second))
+                    default, overrides = rest[0]
+                    encoding = OutputEncoding(bool(default), tuple((str(n), bool(c)) for n, c in overrides))
+                    future.set_result((first, second, encoding))
                 else:
                     future.set_exception(error_for_status(int(first), str(second)))
         except (asyncio.IncompleteReadError, ConnectionError):
-            log.warning("the cache key process exited; the next large body starts another")
+            if not self._closing:
+                log.warning("the cache key process exited; the next large body starts another")
         finally:
             while self._waiting:
                 waiting = self._waiting.popleft()
@@ -122,6 +129,7 @@ class KeyProcess:
         proc = self._proc
         if proc is None:
             return
+        self._closing = True
         if proc.stdin is not None:
             proc.stdin.close()
         try:

@@ -26,15 +26,14 @@ from typing import Any
 
 import orjson
 
-from protocol.errors import BadRequest, PayloadTooLarge
+from protocol.binary_codec import ENCODING_ONLY, OutputEncoding, output_encoding, parameters, raw_tensors
+from protocol.errors import BadRequest
 from protocol.json_body import loads_object
-from protocol.packing import DEFAULT_MAX_ELEMENTS, element_count, flatten, pack
+from protocol.types import RawTensor
 
 KEY_PREFIX = "affinity:v2:"
 _PERSON = b"affinity-key-v2"
-ENCODING_ONLY = frozenset(("binary_data_output", "binary_data", "binary_data_size"))
 MAX_TENSORS = 256
-MAX_RANK = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +47,9 @@ class KeyScope:
     namespace: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class KeyTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: bytes  # raw little-endian elements (BYTES: length-prefixed)
-    parameters: dict[str, Any] | None = None
+# One input: name, datatype, shape, raw little-endian elements (BYTES:
+# length-prefixed) and parameters: the wire's own raw form.
+KeyTensor = RawTensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +68,14 @@ def _answer_params(params: dict[str, Any] | None) -> dict[str, Any] | None:
     return kept or None
 
 
-def _frame(parts: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+def _hash_framed(parts: list[bytes]) -> str:
+    """blake2b over the parts, each preceded by its length (fed piece by piece:
+    a megabyte tensor is hashed where it lies, never copied into one buffer)."""
+    digest = blake2b(digest_size=16, person=_PERSON)
+    for part in parts:
+        digest.update(struct.pack("<Q", len(part)))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def typed_key(scope: KeyScope, request: KeyRequest) -> str:
@@ -90,53 +91,16 @@ def typed_key(scope: KeyScope, request: KeyRequest) -> str:
     fields = [scope.namespace.encode(), scope.model.encode(), scope.version.encode(), scope.weights.encode()]
     fields.append(orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
     fields.extend(t.data for t in inputs)
-    digest = blake2b(_frame(fields), digest_size=16, person=_PERSON).hexdigest()
+    digest = _hash_framed(fields)
     return f"{KEY_PREFIX}{scope.model}:{{{digest}}}"  # the digest is the Redis Cluster hash tag
 
 
-def _params(raw: Any, where: str) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise BadRequest(f"'parameters' of {where} must be an object")
-    return raw
-
-
-def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or len(raw) > MAX_RANK or not all(type(d) is int and d >= 0 for d in raw):
-        raise BadRequest(f"input '{name}': 'shape' must be a list of at most {MAX_RANK} non-negative integers")
-    return tuple(raw)
-
-
-def json_key_request(obj: dict[str, Any]) -> KeyRequest:
-    """The typed content of a V2 JSON request; BadRequest where it is malformed
-    (the same rules the worker applies, so a request the balancer keys is one a
-    worker can read)."""
-    raw_inputs = obj.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadRequest("'inputs' must be a non-empty list")
-    if len(raw_inputs) > MAX_TENSORS:
-        raise BadRequest(f"too many inputs (at most {MAX_TENSORS})")
-    inputs = []
-    for raw in raw_inputs:
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
-            raise BadRequest("each input must be an object with a string 'name', shape, datatype and data")
-        name, datatype = raw["name"], raw.get("datatype")
-        if not isinstance(datatype, str):
-            raise BadRequest(f"input '{name}': unknown datatype {str(datatype)[:32]!r}")
-        shape = _shape(raw.get("shape"), name)
-        count = element_count(shape)
-        if count > DEFAULT_MAX_ELEMENTS:
-            raise PayloadTooLarge(f"input '{name}': {count} elements is over the limit of {DEFAULT_MAX_ELEMENTS}")
-        if "data" not in raw:
-            raise BadRequest(f"input '{name}': 'data' is missing")
-        values = flatten(raw["data"], name)
-        if len(values) != count:
-            raise BadRequest(f"input '{name}': data has {len(values)} elements but shape needs {count}")
-        parameters = _params(raw.get("parameters"), f"input '{name}'")
-        inputs.append(KeyTensor(name, datatype, shape, pack(datatype, values, name), parameters))
-    if len({t.name for t in inputs}) != len(inputs):
-        raise BadRequest("an input is given twice")
+def key_request(obj: dict[str, Any], binary: memoryview | None = None) -> KeyRequest:
+    """The typed content of a V2 request's JSON object (with ``binary``, the binary
+    section of a request in the binary extension); BadRequest where it is
+    malformed (the same rules the worker applies, so a request the balancer keys
+    is one a worker can read)."""
+    inputs = raw_tensors(obj.get("inputs"), binary)
     outputs = None
     raw_outputs = obj.get("outputs")
     if raw_outputs is not None:
@@ -146,9 +110,13 @@ def json_key_request(obj: dict[str, Any]) -> KeyRequest:
         for item in raw_outputs:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BadRequest("each requested output needs a string 'name'")
-            pairs.append((item["name"], _params(item.get("parameters"), "output")))
+            pairs.append((item["name"], parameters(item.get("parameters"), "output")))
         outputs = tuple(pairs)
-    return KeyRequest(tuple(inputs), outputs, _params(obj.get("parameters"), "request"))
+    return KeyRequest(inputs, outputs, parameters(obj.get("parameters"), "request"))
+
+
+def json_key_request(obj: dict[str, Any]) -> KeyRequest:
+    return key_request(obj)
 
 
 def request_id_of(obj: dict[str, Any]) -> str | None:
@@ -158,11 +126,12 @@ def request_id_of(obj: dict[str, Any]) -> str | None:
     return request_id
 
 
-def key_from_json_body(body: bytes, scope: KeyScope) -> tuple[str, str | None]:
-    """(key, request id) of a raw V2 JSON body: the whole derivation as one pure
-    function, so a large body's can run in another process."""
+def key_from_json_body(body: bytes, scope: KeyScope) -> tuple[str, str | None, OutputEncoding]:
+    """(key, request id, the answer's encoding) of a raw V2 JSON body: the whole
+    derivation as one pure function, so a large body's can run in another process."""
     obj = loads_object(body)
-    return typed_key(scope, json_key_request(obj)), request_id_of(obj)
+    encoding = output_encoding(obj.get("parameters"), obj.get("outputs"))
+    return typed_key(scope, json_key_request(obj)), request_id_of(obj), encoding
 
 
 class KeyMemo:
@@ -172,9 +141,10 @@ class KeyMemo:
     Sound because the key is a pure function of (scope, raw body). Small bodies
     are remembered by their bytes; larger ones by a 128-bit blake2b digest of
     their bytes (``ref``, which callers may compute off the event loop: hashlib
-    releases the GIL on large buffers). Only bodies that carried no ``id`` are
-    remembered (an id must be read to be echoed), so a lookup needs no check: a
-    body with an id can never equal a remembered one. The memo forgets
+    releases the GIL on large buffers). Only bodies that carried no ``id`` and
+    asked for a plain JSON answer (no binary output choice) are remembered (an
+    id must be read to be echoed, an encoding choice to be honoured), so a
+    lookup needs no check: such a body can never equal a remembered one. The memo forgets
     everything when it reaches ``max_entries`` (a bound, not a policy).
     """
 

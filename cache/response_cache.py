@@ -15,7 +15,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from cache.entry import CachedAnswer, InvalidEntry
+from cache.entry import JSON, CachedAnswer, InvalidEntry
 from cache.lru import ByteLRU
 from cache.redis_store import RedisStore
 
@@ -79,18 +79,28 @@ class ResponseCache:
     def fits(self, body: bytes) -> bool:
         return len(body) <= self.max_entry
 
-    def put(self, key: str, body: bytes, served_by: str, ttl: float | None = None, release: bool = False) -> bool:
-        """Store an answer in both layers; False when it is over the entry size limit.
-        ``release``: this process holds the key's Redis lock; drop it with the store."""
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        served_by: str,
+        ttl: float | None = None,
+        release: bool = False,
+        content_type: str = JSON,
+        header_length: int = 0,
+    ) -> CachedAnswer | None:
+        """Store an answer (JSON, or the binary extension with its header length) in
+        both layers; None when it is over the entry size limit. ``release``: this
+        process holds the key's Redis lock; drop it with the store."""
         if not self.fits(body):
-            return False
+            return None
         ttl = self.ttl if ttl is None else ttl
-        answer = CachedAnswer(body, served_by, expires=time.monotonic() + ttl)
+        answer = CachedAnswer(body, served_by, content_type, time.monotonic() + ttl, header_length)
         self.local.put(key, answer)
         if self.remote is not None:
             store = self.remote.set_and_release if release else self.remote.set
             self._background(store(key, answer.to_bytes(), ttl))
-        return True
+        return answer
 
     def release(self, key: str) -> None:
         """Give up this process's Redis lock on ``key`` (no answer will be stored)."""

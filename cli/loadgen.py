@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--arrivals", "open-loop arrivals: poisson or constant", default="poisson")
     f.add("--max-outstanding", "open loop: requests in flight at most; more are dropped and counted", type=int,
           default=1000)  # fmt: skip
-    f.add("--protocol", "rest-json (rest-binary and grpc: not available yet)", default="rest-json")
+    f.add("--protocol", "rest-json, rest-binary (binary tensor extension) or grpc (--url grpc://host:port)",
+          default="rest-json")  # fmt: skip
     f.add("--popularity", "model choice: uniform, or zipf:S (rank k has weight 1/k**S)", default="uniform")
     f.add("--models", "comma-separated models (default: every model the target lists)", type=_models)
     f.add("--repeat", "probability that a request repeats an earlier payload (cache hits)", type=float, default=0.0)

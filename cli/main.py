@@ -41,11 +41,13 @@ def _http_flags(f: Flags) -> None:
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run one model server (V2 REST)")
+    p = sub.add_parser("worker", help="run one model server (V2 REST and gRPC)")
     f = Flags(p, "worker")
     f.add("--models", "model repository directory (<root>/<name>/<version>/), read-only", type=Path)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8100)
+    f.add("--grpc-port", "gRPC port (0: no gRPC)", type=int, default=8101)
+    f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
     _memory_flags(f, "50%", "80%")
@@ -62,6 +64,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--workers", "comma-separated worker URLs (http://host:port,...)", required=True)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8000)
+    f.add("--grpc-port", "gRPC port (0: no gRPC front)", type=int, default=8001)
+    f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--policy", "routing policy: affinity (bounded load) or consistent", default="affinity")
     f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
     f.add("--redis-url", "Redis URL for the shared cache layer (redis+cluster://host:port for a cluster)")
@@ -99,6 +103,7 @@ def _up_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--models", "model repository (default: a demo zoo generated in a temp dir)", type=Path)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "balancer HTTP port (0: any free port)", type=int, default=8000)
+    f.add("--grpc-port", "balancer gRPC port (0: no gRPC)", type=int, default=8001)
     f.add("--policy", "routing policy: affinity or consistent", default="affinity")
     f.add("--redis-url", "Redis URL for the shared cache layer (default: in-process only)")
     f.add("--cache-size", "balancer in-process cache size", type=size, default="256MiB")

@@ -37,6 +37,7 @@ class UpOptions:
     models: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001  # the balancer's gRPC port (0: none)
     policy: str = "affinity"
     redis_url: str | None = None
     cache_size: int = 256 << 20
@@ -81,6 +82,7 @@ class Cluster:
         self.options = options
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.worker_urls: list[str] = []
+        self.grpc_endpoint: str | None = None
 
     def spawn(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
         """Start ``affinity <args>`` as a child this cluster stops."""
@@ -105,14 +107,16 @@ class Cluster:
 
     def start(self, models: Path | None) -> str:
         o = self.options
-        if o.port:
-            check_port_free(o.host, o.port)
+        for wanted in (o.port, o.grpc_port):
+            if wanted:
+                check_port_free(o.host, wanted)
         cores = os.cpu_count() or 1
         threads = max(1, cores // o.workers)
         urls = []
         for index in range(o.workers):
-            port = free_port(o.host)
+            port, grpc_port = free_port(o.host), free_port(o.host)
             worker_args = ["worker", "--host", o.host, "--port", str(port), "--worker-id", f"{o.host}:{port}"]
+            worker_args += ["--grpc-port", str(grpc_port)]
             worker_args += ["--models", str(models)] if models is not None else []
             worker_args += ["--threads", str(threads), "--log-level", o.log_level, *o.memory_args(index)]
             proc = self.spawn("worker", worker_args)
@@ -122,12 +126,14 @@ class Cluster:
         self.worker_urls = [u for u, _ in urls]
         port = o.port or free_port(o.host)
         balancer_args = ["balancer", "--workers", ",".join(u for u, _ in urls), "--host", o.host, "--port", str(port)]
+        balancer_args += ["--grpc-port", str(o.grpc_port)]
         balancer_args += ["--policy", o.policy, "--cache-size", str(o.cache_size), "--log-level", o.log_level]
         if o.redis_url:
             balancer_args += ["--redis-url", o.redis_url]
         proc = self.spawn("balancer", balancer_args)
         endpoint = f"http://{o.host}:{port}"
         wait_ready(endpoint + "/v2/health/ready", proc)
+        self.grpc_endpoint = f"{o.host}:{o.grpc_port}" if o.grpc_port else None
         return endpoint
 
     def stop(self) -> None:
@@ -151,7 +157,10 @@ class Cluster:
                 models = self._models_dir(stack)
                 stack.callback(self.stop)  # runs before the demo zoo's temp dir is removed
                 endpoint = self.start(models)
-                print(banner(endpoint, models, self.options.workers, self.options.remote_store), flush=True)
+                print(
+                    banner(endpoint, models, self.options.workers, self.options.remote_store, self.grpc_endpoint),
+                    flush=True,
+                )
                 while True:
                     for role, proc in self.procs:
                         if proc.poll() is not None:
@@ -199,10 +208,11 @@ def verified_example(endpoint: str, models: Path) -> tuple[str, bytes] | None:
     return None
 
 
-def banner(endpoint: str, models: Path | None, workers: int, store: str | None = None) -> str:
+def banner(endpoint: str, models: Path | None, workers: int, store: str | None = None, grpc: str | None = None) -> str:
     sources = " and ".join(str(s) for s in (models, store) if s is not None)
     lines = [
         f"affinity-serve is up: {endpoint}  ({workers} workers, models from {sources})",
+        *([f"  grpc:    {grpc}  (V2 GRPCInferenceService)"] if grpc else []),
         f"  models:  curl -s -X POST {endpoint}/v2/repository/index",
     ]
     example = verified_example(endpoint, models) if models is not None else None

@@ -60,7 +60,7 @@ class LoadConfig:
             raise ValueError(f"--arrivals must be one of {', '.join(KINDS)}, not {self.arrivals!r}")
         if self.max_outstanding < 1:
             raise ValueError("--max-outstanding must be at least 1")
-        check_protocol(self.protocol)  # first: a planned protocol says "not available yet", whatever the URL
+        check_protocol(self.protocol)
         if (self.protocol == "grpc") != self.url.startswith("grpc://"):
             raise ValueError("--protocol grpc takes a grpc://host:port --url; the REST protocols an http(s):// one")
         Popularity.parse(self.popularity)

@@ -100,7 +100,12 @@ async def _model(session: aiohttp.ClientSession, base: str, name: str) -> ModelS
 
 async def discover(url: str, models: Sequence[str] = ()) -> Target:
     """Ask the target what it serves. Explicit ``models`` must all answer;
-    listed ones that do not are skipped (and reported)."""
+    listed ones that do not are skipped (and reported). A ``grpc://`` target
+    is asked over gRPC."""
+    if url.startswith("grpc://"):
+        from loadgen.grpc_target import discover_grpc
+
+        return await discover_grpc(url, models)
     base = url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=8)) as session:

@@ -70,3 +70,35 @@ def run(
         args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script), url]
         done = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60, check=True)
     return parse(done.stdout)
+
+
+def varied_script(models: list[str], input_name: str, width: int, seed: int = 1) -> str:
+    """A wrk Lua script posting a V2 JSON request to a model chosen at random per
+    request, with one value of a fixed ``[1, width]`` FP32 input changed every
+    time: no two requests are alike (no cache hit, nothing coalesced)."""
+    rest = ",".join(f"{((i * 7919) % 1000) / 1000:.3f}" for i in range(1, width))
+    names = ",".join(f'"{m}"' for m in models)
+    return f"""math.randomseed({seed})
+local models = {{{names}}}
+local head = '{{"inputs":[{{"name":"{input_name}","datatype":"FP32","shape":[1,{width}],"data":['
+local tail = ',{rest}]}}]}}'
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  local model = models[math.random(#models)]
+  local body = head .. string.format("%d.%06d", counter % 1000, math.random(0, 999999)) .. tail
+  return wrk.format(nil, "/v2/models/" .. model .. "/infer", nil, body)
+end
+"""
+
+
+def run_script(base_url: str, script: str, duration: float = 8.0, connections: int = 16) -> WrkResult:
+    """Run wrk with a Lua ``script`` that builds each request itself."""
+    with tempfile.TemporaryDirectory(prefix="affinity-wrk-") as tmp:
+        path = Path(tmp) / "script.lua"
+        path.write_text(script)
+        args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(path), base_url]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60, check=True)
+    return parse(done.stdout)

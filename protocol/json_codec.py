@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from protocol.arrays import array_from_raw, raw_from_array
+from protocol.binary_codec import OutputEncoding, check_raw, output_encoding, response_from_binary, split, take_binary
 from protocol.datatypes import ACCEPTED_KINDS, NUMPY_DTYPES
 from protocol.errors import BadRequest, PayloadTooLarge
 from protocol.json_body import loads_object
@@ -28,7 +30,17 @@ def decode_infer_request(body: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) 
     return infer_request_from_json(loads_object(body), max_elements)
 
 
-def infer_request_from_json(obj: dict[str, Any], max_elements: int = DEFAULT_MAX_ELEMENTS) -> InferRequest:
+def decode_binary_request(payload: tuple[bytes, int], max_elements: int = DEFAULT_MAX_ELEMENTS) -> InferRequest:
+    """A request in the binary tensor data extension: (body, header length)."""
+    header, binary = split(*payload)
+    return infer_request_from_json(header, max_elements, binary)
+
+
+def infer_request_from_json(
+    obj: dict[str, Any], max_elements: int = DEFAULT_MAX_ELEMENTS, binary: memoryview | None = None
+) -> InferRequest:
+    """A request from its JSON object; ``binary``: the binary section that inputs
+    with ``binary_data_size`` take their data from, in order."""
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
@@ -37,7 +49,8 @@ def infer_request_from_json(obj: dict[str, Any], max_elements: int = DEFAULT_MAX
         raise BadRequest("'inputs' must be a non-empty list")
     if len(raw_inputs) > MAX_TENSORS:
         raise BadRequest(f"too many inputs (at most {MAX_TENSORS})")
-    inputs = [_decode_tensor(raw, max_elements) for raw in raw_inputs]
+    slices = take_binary(raw_inputs, binary)
+    inputs = [_decode_tensor(raw, max_elements, data) for raw, data in zip(raw_inputs, slices, strict=True)]
     seen: set[str] = set()
     for tensor in inputs:
         if tensor.name in seen:
@@ -81,7 +94,7 @@ def _decode_shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _decode_tensor(raw: Any, max_elements: int) -> Tensor:
+def _decode_tensor(raw: Any, max_elements: int, binary: memoryview | None = None) -> Tensor:
     if not isinstance(raw, dict):
         raise BadRequest("each input must be an object with name, shape, datatype and data")
     name = raw.get("name")
@@ -94,10 +107,14 @@ def _decode_tensor(raw: Any, max_elements: int) -> Tensor:
     count = math.prod(shape)
     if count > max_elements:
         raise PayloadTooLarge(f"input '{name}': {count} elements is over the limit of {max_elements}")
+    params = _decode_parameters(raw.get("parameters"), name)
+    if binary is not None:
+        check_raw(name, datatype, shape, binary, max_elements)
+        return Tensor(name, datatype, shape, array_from_raw(datatype, shape, binary, name), params)
     if "data" not in raw:
         raise BadRequest(f"input '{name}': 'data' is missing")
     data = _decode_data(name, datatype, raw["data"], count)
-    return Tensor(name, datatype, shape, data.reshape(shape), _decode_parameters(raw.get("parameters"), name))
+    return Tensor(name, datatype, shape, data.reshape(shape), params)
 
 
 def _decode_data(name: str, datatype: str, data: Any, count: int) -> np.ndarray:
@@ -227,3 +244,81 @@ def decode_infer_response(body: bytes) -> InferResponse:
         outputs=outputs,
         parameters=obj.get("parameters"),
     )
+
+
+def output_encoding_of(request: InferRequest) -> OutputEncoding:
+    """The answer encoding a decoded request asks for (binary_data_output, binary_data)."""
+    outputs = (
+        None if request.outputs is None else [{"name": o.name, "parameters": o.parameters} for o in request.outputs]
+    )
+    return output_encoding(request.parameters, outputs)
+
+
+def encode_binary_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int]:
+    """A response in the binary extension: (body, header length); outputs that
+    ``encoding`` keeps in JSON stay in the header, ``id`` first as in JSON."""
+    body: dict[str, Any] = {}
+    if response.id is not None:
+        body["id"] = response.id
+    body["model_name"] = response.model_name
+    if response.model_version is not None:
+        body["model_version"] = response.model_version
+    if response.parameters:
+        body["parameters"] = response.parameters
+    outputs = []
+    binary = []
+    for tensor in response.outputs:
+        if encoding.binary(tensor.name):
+            raw = raw_from_array(tensor.datatype, tensor.data)
+            params = {**(tensor.parameters or {}), "binary_data_size": len(raw)}
+            outputs.append(
+                {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "parameters": params}
+            )
+            binary.append(raw)
+        else:
+            outputs.append(_output_json(tensor))
+    body["outputs"] = outputs
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return header + b"".join(binary), len(header)
+
+
+def encode_binary_request(request: InferRequest, binary_output: bool = True) -> tuple[bytes, int]:
+    """A request with every input as binary data: (body, header length) (for
+    clients, tests and the load generator)."""
+    body: dict[str, Any] = {}
+    if request.id is not None:
+        body["id"] = request.id
+    params = dict(request.parameters or {})
+    if binary_output:
+        params["binary_data_output"] = True
+    if params:
+        body["parameters"] = params
+    inputs = []
+    binary = []
+    for tensor in request.inputs:
+        raw = raw_from_array(tensor.datatype, tensor.data)
+        params_in = {**(tensor.parameters or {}), "binary_data_size": len(raw)}
+        inputs.append(
+            {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "parameters": params_in}
+        )
+        binary.append(raw)
+    body["inputs"] = inputs
+    if request.outputs is not None:
+        body["outputs"] = [
+            {"name": o.name, **({"parameters": o.parameters} if o.parameters else {})} for o in request.outputs
+        ]
+    header = orjson.dumps(body)
+    return header + b"".join(binary), len(header)
+
+
+def decode_binary_response(body: bytes, length: int | None) -> InferResponse:
+    """Parse an answer in the binary extension (or plain JSON when ``length`` is None)."""
+    if length is None:
+        return decode_infer_response(body)
+    raw = response_from_binary(body, length)
+    header = loads_object(body[:length], "answer header")
+    outputs = [
+        Tensor(t.name, t.datatype, t.shape, array_from_raw(t.datatype, t.shape, t.data, t.name), t.parameters)
+        for t in raw.outputs
+    ]
+    return InferResponse(raw.model_name, outputs, raw.model_version, header.get("id"), raw.parameters)

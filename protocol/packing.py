@@ -121,6 +121,22 @@ def unpack_bytes_elements(raw: bytes | memoryview, name: str) -> list[bytes]:
     return out
 
 
+def count_bytes_elements(raw: bytes | memoryview, name: str) -> int:
+    """How many elements a BYTES tensor's binary form holds, copying nothing;
+    BadRequest when a length lies."""
+    view = memoryview(raw)
+    count = at = 0
+    while at < len(view):
+        if at + 4 > len(view):
+            raise BadRequest(f"tensor '{name}': BYTES data ends inside an element's length")
+        (size,) = struct.unpack_from("<I", view, at)
+        at += 4 + size
+        if at > len(view):
+            raise BadRequest(f"tensor '{name}': a BYTES element's length runs past its data")
+        count += 1
+    return count
+
+
 def unpack(datatype: str, raw: bytes | memoryview, name: str) -> list[Any]:
     """Python values of a tensor's raw bytes (BYTES elements as ``bytes``)."""
     if datatype == "BYTES":

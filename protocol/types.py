@@ -135,15 +135,43 @@ class IndexEntry:
 class ServerMetadata:
     """The V2 server metadata, plus the worker's stable id (``worker_id``), from
     which a balancer learns who answers at an address (its ring uses ids, never
-    URLs)."""
+    URLs), and its ``grpc_port`` (the balancer forwards gRPC calls there)."""
 
     name: str
     version: str
     extensions: tuple[str, ...] = field(default_factory=tuple)
     worker_id: str | None = None
+    grpc_port: int | None = None  # where the worker serves gRPC, when it does
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
         if self.worker_id is not None:
             out["worker_id"] = self.worker_id
+        if self.grpc_port is not None:
+            out["grpc_port"] = self.grpc_port
         return out
+
+
+@dataclass(slots=True, frozen=True)
+class RawTensor:
+    """A tensor as the wire carries it, without numpy: its elements as raw
+    little-endian bytes, row-major (BYTES: each a 4-byte length, then the bytes;
+    ``protocol.packing``). The binary extension and gRPC's ``raw_*_contents``
+    hold exactly this, so the balancer keys and converts tensors with it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: bytes
+    parameters: Parameters | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RawResponse:
+    """An inference answer with raw tensors and no ``id``: the one form every
+    encoding (JSON, binary, protobuf) is rendered from."""
+
+    model_name: str
+    outputs: tuple[RawTensor, ...]
+    model_version: str | None = None
+    parameters: Parameters | None = None

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.harness import RedisServer, Server, start_balancer, start_worker
-from worker.zoo import make_zoo
+from tests.harness import RedisServer, Server, private_cluster, start_balancer, start_worker
+from worker.zoo import make_identities, make_model, make_zoo
 
 ZOO_MODELS = ("mlp-00", "cnn-01", "transformer-02", "logreg-03")
 
@@ -82,3 +82,21 @@ def redis_balancers(workers: list[Server], redis_server: RedisServer, logdir: Pa
     finally:
         for s in started:
             s.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def wire_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every demo architecture, one identity model per V2 datatype, and a wide one
+    (its requests take the large-body paths)."""
+    root = tmp_path_factory.mktemp("wire-zoo")
+    make_zoo(root, count=4, min_size=64 << 10, max_size=512 << 10)
+    make_identities(root)
+    make_model(root, "identity-wide", "identity", {"datatype": "FP32", "width": 100_000}, 0)  # 400 KB a row
+    return root
+
+
+@pytest.fixture(scope="session")
+def wire_cluster(wire_zoo: Path, logdir: Path) -> Iterator[tuple[list[Server], Server]]:
+    """Two workers (REST and gRPC each) behind a balancer with both fronts, pure ring."""
+    with private_cluster(wire_zoo, logdir, 2, "--policy", "consistent") as cluster:
+        yield cluster

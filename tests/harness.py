@@ -120,6 +120,7 @@ affinity = affinity_command
 class Server:
     proc: Proc
     url: str
+    grpc: str | None = None  # host:port of its gRPC listener
 
     @property
     def id(self) -> str:
@@ -141,20 +142,21 @@ class Server:
 
 
 def start_worker(models: Path | None, logdir: Path, *extra: str) -> Server:
-    """A worker on a free port (``models`` None: no local repository, a remote store in ``extra``)."""
-    port = free_port()
+    """A worker on free ports (``models`` None: no local repository, a remote store in ``extra``)."""
+    port, grpc_port = free_port(), free_port()
     local = ("--models", str(models)) if models is not None else ()
-    args = affinity("worker", *local, "--port", str(port), "--threads", "1", *extra)
+    args = affinity("worker", *local, "--port", str(port), "--grpc-port", str(grpc_port), "--threads", "1", *extra)
     proc = Proc(f"worker-{port}", args, logdir / f"worker-{port}.log").start()
-    return Server(proc, f"http://127.0.0.1:{port}")
+    return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 
 def start_balancer(workers: list[Server], logdir: Path, *extra: str) -> Server:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     urls = ",".join(w.url for w in workers)
-    args = affinity("balancer", "--workers", urls, "--port", str(port), "--index-refresh", "2", *extra)
+    args = affinity("balancer", "--workers", urls, "--port", str(port), "--grpc-port", str(grpc_port))
+    args += ["--index-refresh", "2", *extra]
     proc = Proc(f"balancer-{port}", args, logdir / f"balancer-{port}.log").start()
-    return Server(proc, f"http://127.0.0.1:{port}")
+    return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 
 @dataclass

@@ -85,16 +85,37 @@ def test_bad_input_is_a_clear_4xx(
         assert "Traceback" not in error and "/" not in error.replace("/v2", "")
 
 
-def test_binary_extension_is_refused_clearly(balancer: Server, workers: list[Server]) -> None:
-    header = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"parameters":{"binary_data_size":256}}]}'
-    body = header + bytes(256)
+_HEADER = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"parameters":{"binary_data_size":256}}]}'
+BINARY_CASES = [
+    ("header longer than the body", _HEADER + bytes(256), len(_HEADER) + 300, "body has"),
+    ("binary data left over", _HEADER + bytes(260), len(_HEADER), "belong to no tensor"),
+    ("binary data too short", _HEADER + bytes(200), len(_HEADER), "runs past"),
+    ("size that is not the shape's", _HEADER.replace(b"256", b"128") + bytes(128), len(_HEADER), "needs 256"),
+    ("negative size", _HEADER.replace(b"256", b"-4"), len(_HEADER) - 1, "non-negative"),
+    ("header not JSON", b"{nope" + bytes(256), 5, "malformed"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "length", "words"), BINARY_CASES, ids=[c[0] for c in BINARY_CASES])
+def test_binary_lengths_that_lie_are_a_clear_400(
+    balancer: Server, workers: list[Server], case: str, body: bytes, length: int, words: str
+) -> None:
     for target in _targets(balancer, workers):
         resp = request(
             target.url, "POST", "/v2/models/mlp-00/infer", body,
-            {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+            {"Inference-Header-Content-Length": str(length), "Content-Type": "application/octet-stream"},
         )  # fmt: skip
-        assert resp.status == 400
-        assert "binary tensor data extension" in resp.json()["error"]
+        assert resp.status == 400, (target.url, resp.body)
+        assert words in resp.json()["error"]
+
+
+def test_a_true_binary_request_is_served(balancer: Server, workers: list[Server]) -> None:
+    body = _HEADER + bytes(256)
+    for target in _targets(balancer, workers):
+        headers = {"Inference-Header-Content-Length": str(len(_HEADER)), "Content-Type": "application/octet-stream"}
+        resp = request(target.url, "POST", "/v2/models/mlp-00/infer", body, headers)
+        assert resp.status == 200, resp.body
+        assert resp.json()["outputs"][0]["name"] == "logits"
 
 
 def test_service_healthy_after_bad_input(balancer: Server, workers: list[Server], zoo: Path) -> None:

@@ -128,10 +128,10 @@ def test_an_answer_that_cannot_be_encoded_fails_alone(zoo: Path) -> None:
     model = _model(zoo, "mlp-00")
     bodies = [orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, seed), f"r{seed}")) for seed in range(3)]
 
-    def encode(response):  # type: ignore[no-untyped-def]
+    def encode(response, request):  # type: ignore[no-untyped-def]
         if response.id == "r1":
             raise TypeError("cannot encode")
-        return JSON_CODEC.encode(response)
+        return JSON_CODEC.encode(response, request)
 
     batches, answers = _run_gated(model, bodies, Codec("picky", JSON_CODEC.decode, encode))
     assert batches == [3]

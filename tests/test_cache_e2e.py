@@ -235,3 +235,35 @@ def test_ttl_per_model_from_its_config(tmp_path: Path, logdir: Path, redis_serve
     finally:
         balancer.proc.stop()
         worker.proc.stop()
+
+
+def test_large_bodies_are_keyed_by_their_tensors_off_the_event_loop(tmp_path: Path, logdir: Path) -> None:
+    """Over 128 KiB a body is keyed in the key process: the same tensors, written flat
+    or nested, are one entry; other tensors are another."""
+    import numpy as np
+
+    root = tmp_path / "zoo"
+    make_model(root, "wide", "mlp", {"in_features": 4096, "hidden": [16], "out_features": 4}, seed=2)
+    worker = start_worker(root, logdir).wait_ready()
+    balancer = start_balancer([worker], logdir).wait_ready()
+    try:
+        data = np.random.default_rng(3).standard_normal((40, 4096)).astype(np.float32)
+
+        def body(values: object, request_id: str) -> bytes:
+            tensor = {"name": "input", "datatype": "FP32", "shape": [40, 4096], "data": values}
+            return orjson.dumps({"id": request_id, "inputs": [tensor]}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+        nested, flat = body(data, "a"), body(data.ravel(), "b")
+        assert len(nested) > 128 << 10
+        first = request(balancer.url, "POST", "/v2/models/wide/infer", nested)
+        assert (first.status, first.headers["x-cache"]) == (200, "miss")
+        again = request(balancer.url, "POST", "/v2/models/wide/infer", flat)
+        assert again.headers["x-cache"] == "hit", "flat or nested, the same tensor"
+        assert again.body == first.body.replace(b'"id":"a"', b'"id":"b"')
+        other = data.copy()
+        other[39, 4095] += 1
+        changed = request(balancer.url, "POST", "/v2/models/wide/infer", body(other, "c"))
+        assert changed.headers["x-cache"] == "miss"
+    finally:
+        balancer.proc.stop()
+        worker.proc.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import struct
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from cache.breaker import CircuitBreaker
 from cache.entry import CachedAnswer, InvalidEntry
-from cache.keys import KeyMemo, KeyScope, json_key_request, key_from_json_body, typed_key
+from cache.keys import KeyMemo, KeyScope, json_key_request, key_from_json_body, key_request, typed_key
 from cache.lru import ByteLRU
 from protocol.errors import BadRequest
 
@@ -103,7 +104,6 @@ CHANGES = {
 ENCODING_ONLY = {
     "binary output": lambda r: r.update(parameters={**r["parameters"], "binary_data_output": True}),
     "binary output tensor": lambda r: r.update(outputs=[{"name": "y", "parameters": {"binary_data": True}}]),
-    "binary input size": lambda r: r["inputs"][0].update(parameters={"binary_data_size": 16}),
 }
 
 
@@ -119,6 +119,23 @@ def test_encoding_choices_do_not_change_the_key(field: str) -> None:
     changed = copy.deepcopy(BASE)
     ENCODING_ONLY[field](changed)
     assert _key(changed) == _key()
+
+
+def test_a_binary_request_keys_like_its_json_twin() -> None:
+    """The same tensors as binary data (binary_data_size, raw bytes after the
+    header) reach the JSON request's key."""
+    binary = copy.deepcopy(BASE)
+    raw_x = struct.pack("<4f", 1.0, 2.0, 3.5, -4.0)
+    raw_t = struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"
+    for tensor, raw in zip(binary["inputs"], (raw_x, raw_t), strict=True):
+        del tensor["data"]
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+    key = typed_key(KeyScope("m", "1", "w0"), key_request(binary, memoryview(raw_x + raw_t)))
+    assert key == _key()
+    with pytest.raises(BadRequest, match="belong to no tensor"):
+        key_request(binary, memoryview(raw_x + raw_t + b"!"))
+    with pytest.raises(BadRequest, match="runs past"):
+        key_request(binary, memoryview(raw_x + raw_t[:-1]))
 
 
 @given(st.sampled_from(["model", "version", "weights", "namespace"]), st.text(min_size=1, max_size=8))
@@ -259,3 +276,29 @@ def test_key_memo_remembers_bodies_without_ids() -> None:
         memo.put(scope, memo.ref(body), body.decode())
     remembered = [memo.get(scope, memo.ref(b)) for b in (b"a", big, b"b", b"c", b"d")]
     assert sum(r is not None for r in remembered) <= 3, "a bound, not a policy"
+
+
+def test_the_key_process_derives_the_same_key_and_survives_its_own_death() -> None:
+    import asyncio
+
+    from cache.key_process import KeyProcess
+
+    body = orjson.dumps({"id": "r9", **BASE})
+    scope = KeyScope("m", "3", "w0", "tenant")
+    expected = key_from_json_body(body, scope)
+    assert expected[:2] == (_key(version="3", namespace="tenant"), "r9")
+
+    async def main() -> None:
+        keys = KeyProcess()
+        await keys.start()
+        assert await keys.derive(body, scope) == expected, "the same key as in this process"
+        with pytest.raises(BadRequest, match="non-empty"):
+            await keys.derive(b'{"inputs": []}', scope)
+        assert keys._proc is not None
+        keys._proc.kill()
+        await keys._proc.wait()
+        await asyncio.sleep(0.05)
+        assert await keys.derive(body, scope) == expected, "a new process after the old one died"
+        await keys.close()
+
+    asyncio.run(main())

@@ -13,18 +13,21 @@ import pytest
 
 from loadgen.arrivals import offsets
 from loadgen.clients import check_protocol
-from loadgen.clients.base import ProtocolNotAvailable, Reply
+from loadgen.clients.base import Reply
+from loadgen.clients.grpc_client import grpc_template
+from loadgen.clients.rest_binary import binary_template
 from loadgen.clients.rest_json import json_template
 from loadgen.config import LoadConfig
 from loadgen.engine import Snapshot
 from loadgen.histogram import LatencyHistogram
-from loadgen.payloads import PayloadSource, batch_rows, random_request, row_bytes, varied_count
+from loadgen.payloads import PayloadSource, batch_rows, random_request, random_values, row_bytes, varied_count
 from loadgen.popularity import ModelPicker, Popularity
 from loadgen.stats import RunStats, merge_all
 from loadgen.sweep import find_knee, parse_rates
 from loadgen.target import ModelSpec, index_names
-from protocol.json_codec import decode_infer_request, encode_infer_request
-from protocol.types import TensorSpec
+from protocol.grpc_codec import decode_grpc_request
+from protocol.json_codec import decode_binary_request, decode_infer_request, encode_infer_request
+from protocol.types import InferRequest, Tensor, TensorSpec
 
 # --- arrivals -------------------------------------------------------------------------------
 
@@ -346,13 +349,28 @@ def test_config_refuses_nonsense() -> None:
     assert LoadConfig(rate=0, concurrency=4).closed_loop
 
 
-def test_planned_protocols_fail_clearly() -> None:
-    check_protocol("rest-json")
-    for name in ("rest-binary", "grpc"):
-        with pytest.raises(ProtocolNotAvailable, match="not available yet"):
-            check_protocol(name)
+def test_every_protocol_is_known_and_others_fail_clearly() -> None:
+    for name in ("rest-json", "rest-binary", "grpc"):
+        check_protocol(name)
     with pytest.raises(ValueError, match="unknown protocol"):
         check_protocol("soap")
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "INT64", "BYTES", "BOOL"])
+def test_binary_and_grpc_templates_render_the_request_they_stand_for(datatype: str) -> None:
+    """A rendered request decodes to the template's tensors with the fresh values first."""
+    rng = np.random.default_rng(0)
+    data = random_values(datatype, 12, rng).reshape(2, 6)
+    request = InferRequest([Tensor("a", datatype, (2, 6), data), Tensor("b", "FP32", (1,), np.ones(1, np.float32))])
+    fresh = random_values(datatype, 3, rng)
+    expected = data.reshape(-1).copy()
+    expected[:3] = fresh
+    binary = binary_template("m", request, 3).render(fresh)
+    decoded = decode_binary_request((binary.body, int(binary.headers["Inference-Header-Content-Length"])))
+    via_grpc = decode_grpc_request(grpc_template("m", request, 3).render(fresh).body)
+    for got in (decoded, via_grpc):
+        assert np.array_equal(got.inputs[0].data.reshape(-1), expected)
+        assert np.array_equal(got.inputs[1].data, np.ones(1, np.float32))
 
 
 def test_seeds_are_fresh_unless_given() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from common.http_router import Router
 from common.http_server import HttpServer, Request, Response
@@ -244,9 +245,22 @@ def test_cli_sweep_then_compare(balancer: Server, tmp_path: Path) -> None:
     assert (tmp_path / "cmp" / "compare.png").read_bytes().startswith(PNG)
 
 
-def test_cli_refuses_protocols_not_available_yet() -> None:
-    for protocol in ("rest-binary", "grpc"):
-        scheme = "grpc" if protocol == "grpc" else "http"
-        done = cli("--protocol", protocol, "--url", f"{scheme}://127.0.0.1:{free_port()}")
-        assert done.returncode == 2
-        assert "not available yet" in done.stderr
+@pytest.mark.parametrize("protocol", ["rest-binary", "grpc"])
+def test_cli_runs_the_binary_and_grpc_protocols(
+    wire_cluster: tuple[list[Server], Server], protocol: str, tmp_path: Path
+) -> None:
+    """Every request of every datatype is one the cluster answers, repeats are hits.
+    (A seed per protocol: one seed's tensors would be hits whatever the encoding.)"""
+    workers, balancer = wire_cluster
+    url = f"grpc://{balancer.grpc}" if protocol == "grpc" else balancer.url
+    models = "identity-bytes,identity-fp16,identity-uint64,identity-bool,mlp-00,transformer-02"
+    done = cli(
+        "--url", url, "--protocol", protocol, "--models", models, "--rate", "60", "--duration", "1.5",
+        "--repeat", "0.5", "--seed", str(len(protocol)), "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = Report.read(tmp_path / "report.json")
+    c = report.counts
+    assert c.offered > 30 and c.errors == c.dropped == 0, report.errors_by_kind
+    assert report.cache.hit > 0 and report.cache.hit + report.cache.miss == c.ok
+    assert set(report.served_by) <= {w.id for w in workers} and report.served_by

@@ -380,5 +380,5 @@ def test_metrics_observer_counts_loads_evictions_and_bytes(zoo: Path) -> None:
 def test_process_warm_up_loads_every_architecture_through_the_pager() -> None:
     device = StandInDevice()
     spent = warm_up_process(device)
-    assert set(spent) == {"mlp", "cnn", "transformer", "logreg"}
+    assert set(spent) == {"mlp", "cnn", "transformer", "logreg", "identity"}
     assert device.counts.host_to_device > 0

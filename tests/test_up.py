@@ -39,14 +39,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env["PYTHONUNBUFFERED"] = "1"
     env["AFFINITY_ADMIN_TOKEN"] = "up-token"
     log = (tmp_path / "up.log").open("wb")
     memory = ["--cpu-memory", "8MiB", "--eviction", "gds"]
+    args = ["up", "--workers", "2", "--models", str(zoo), "--port", str(port), "--grpc-port", str(grpc_port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "up", "--workers", "2", "--models", str(zoo), "--port", str(port), *memory],
+        [sys.executable, "-m", "cli", *args, *memory],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -56,6 +57,7 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
             lambda: (text := (tmp_path / "up.log").read_text()) and "is up" in text and text, timeout=90, interval=0.2
         )
         assert f"http://127.0.0.1:{port}" in output
+        assert f"grpc:    127.0.0.1:{grpc_port}" in output
         children = _children(proc.pid)
         assert len(children) == 3, "two workers and a balancer"
 
@@ -94,7 +96,19 @@ def test_up_generates_a_demo_zoo_and_uses_redis(tmp_path: Path, redis_server: Re
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env["TMPDIR"] = str(tmp_path)
     log = (tmp_path / "up.log").open("wb")
-    args = ["up", "--workers", "1", "--port", str(port), "--zoo-count", "4", "--zoo-max-size", "1MiB"]
+    args = [
+        "up",
+        "--workers",
+        "1",
+        "--port",
+        str(port),
+        "--grpc-port",
+        "0",
+        "--zoo-count",
+        "4",
+        "--zoo-max-size",
+        "1MiB",
+    ]
     args += ["--redis-url", redis_server.url]
     with redis_server.client() as client:
         client.flushdb()

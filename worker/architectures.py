@@ -11,6 +11,7 @@ tensor per declared output (a tensor when there is one).
                  FP32 [-1, features]          -> probabilities [-1, classes]   (dense: {features, classes})
     cnn          FP32 [-1, channels, H, W]    -> logits [-1, classes]
     transformer  INT64 [-1, seq_len] ids      -> logits [-1, classes]
+    identity     <datatype> [-1, width]       -> the same tensor   (no weights; any V2 datatype, BYTES too)
 
 Models grow by width, depth or vocabulary, never by input width, so a large
 model still takes a small request. ``example`` is each architecture's tiny
@@ -142,6 +143,22 @@ class TextClassifier(nn.Module):
         return self.head(hidden.mean(dim=1))
 
 
+class Identity(nn.Module):
+    """Answers its input unchanged: the protocol's test model for every datatype.
+    It runs on the numpy arrays themselves (``numpy_forward``), since torch has
+    no BYTES tensors and only partial unsigned ones."""
+
+    numpy_forward = True
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+
+def _identity_io(args: Args) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    datatype, width = str(args["datatype"]), int(args["width"])
+    return (TensorSpec("input", datatype, (-1, width)),), (TensorSpec("output", datatype, (-1, width)),)
+
+
 def _transformer(args: Args) -> nn.Module:
     return TextClassifier(
         int(args["vocab"]), int(args["d_model"]), int(args["heads"]), int(args["layers"]),
@@ -171,6 +188,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mlp", _mlp, _mlp_io, None, {"in_features": 8, "hidden": [8], "out_features": 2}),
         Architecture("logreg", _logreg, _logreg_io, _logreg_check, {"vocab": 16, "active": 4, "classes": 2}),
         Architecture("cnn", _cnn, _cnn_io, None, {"channels": 3, "size": 8, "width": 2, "classes": 2}),
+        Architecture("identity", lambda args: Identity(), _identity_io, None, {"datatype": "FP32", "width": 4}),
         Architecture(
             "transformer",
             _transformer,

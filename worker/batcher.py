@@ -181,7 +181,7 @@ class Batcher:
             for (request, _, job), outputs in zip(group, results, strict=True):
                 began = clock()
                 try:
-                    outcomes.append((job.future, job.codec.encode(answer_for(model, request, outputs))))
+                    outcomes.append((job.future, job.codec.encode(answer_for(model, request, outputs), request)))
                 except ProtocolError as exc:
                     outcomes.append((job.future, exc))
                 except Exception as exc:  # an output the codec cannot encode: this caller fails alone

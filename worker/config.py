@@ -24,6 +24,8 @@ class WorkerConfig:
     models: Path | None = None  # the read-only local repository (optional with a remote store)
     host: str = "127.0.0.1"
     port: int = 8100
+    grpc_port: int = 8101  # 0: no gRPC listener
+    grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     worker_id: str = ""  # default: host:port
     threads: int = 0  # inference threads; 0: all cores
     max_loads: int = 1
@@ -61,8 +63,10 @@ class WorkerConfig:
             raise ValueError("give a model repository (--models) or a remote store (--remote-store), or both")
         if self.models is not None and not self.models.is_dir():
             raise ValueError(f"model repository {self.models} is not a directory")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be in 0..65535")
+        if not 0 <= self.port <= 65535 or not 0 <= self.grpc_port <= 65535:
+            raise ValueError("ports must be in 0..65535")
+        if self.grpc_max_message < 1:
+            raise ValueError("the gRPC message limit must be positive")
         if self.threads < 0 or self.max_loads < 1 or self.max_body_size < 1 or self.drain_delay < 0:
             raise ValueError("threads, max loads and body size must be positive")
         if "\n" in self.worker_id:

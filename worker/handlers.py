@@ -15,20 +15,13 @@ from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
+from protocol import binary_codec
 from protocol.errors import BadRequest
 from protocol.json_body import loads_object
 from protocol.names import check_version
 from protocol.stats import stats_body
-from worker.codecs import JSON_CODEC
+from worker.codecs import BINARY_CODEC, JSON_CODEC, BinaryAnswer
 from worker.service import InferCall, WorkerService
-
-BINARY_HEADER = "inference-header-content-length"
-
-
-def check_json_request(headers: dict[str, str]) -> None:
-    """Refuse, clearly, a request in the binary tensor data extension (not served yet)."""
-    if BINARY_HEADER in headers:
-        raise BadRequest("the binary tensor data extension is not supported yet: send the request as JSON")
 
 
 def load_parameters(body: bytes) -> tuple[str | None, bool | None]:
@@ -77,10 +70,20 @@ class WorkerHandlers:
         return router
 
     async def infer(self, request: Request) -> Response:
-        check_json_request(request.headers)
+        """A JSON body, or one in the binary extension (``Inference-Header-Content-Length``);
+        the answer as the request asks (binary outputs with that header)."""
         match = request.match
-        answer = await self.service.infer(InferCall(match["name"], match.get("version"), request.body, JSON_CODEC))
-        return Response(200, answer.payload, JSON, {"X-Model-Source": answer.source})
+        length = binary_codec.header_length(request.headers.get(binary_codec.HEADER_KEY))
+        if length is None:
+            call = InferCall(match["name"], match.get("version"), request.body, JSON_CODEC)
+        else:
+            call = InferCall(match["name"], match.get("version"), (request.body, length), BINARY_CODEC)
+        answer = await self.service.infer(call)
+        payload = answer.payload
+        if isinstance(payload, BinaryAnswer):
+            headers = {"X-Model-Source": answer.source, binary_codec.HEADER: str(payload.header_length)}
+            return Response(200, payload.body, binary_codec.CONTENT_TYPE, headers)
+        return Response(200, payload, JSON, {"X-Model-Source": answer.source})
 
     def live(self, request: Request) -> Response:
         return json_response({"live": True})

@@ -54,7 +54,7 @@ from worker.warmup import warm_up_process
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "affinity-serve-worker"
-EXTENSIONS = ("model_repository", "statistics")
+EXTENSIONS = ("model_repository", "statistics", "binary_tensor_data")
 PLATFORM = "pytorch_safetensors"
 
 Key = tuple[str, str]
@@ -122,6 +122,7 @@ class WorkerService:
         self._scans: SingleFlight[None] = SingleFlight()
         self._tasks: set[asyncio.Task[None]] = set()
         self.ready = False
+        self.grpc_port: int | None = None  # set by the process once its gRPC listener is up
 
     def _known(self, name: str) -> bool:
         return self.catalog.has(name)
@@ -190,7 +191,7 @@ class WorkerService:
     # metadata and health
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity)
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity, self.grpc_port)
 
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
         entry = self.resolve(name, version)

@@ -107,3 +107,14 @@ def make_zoo(
         name = f"{architecture}-{i:02d}"
         made.append(make_model(out, name, architecture, args_for(architecture, size), seed * 100_003 + i))
     return made
+
+
+IDENTITY_DATATYPES = (
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64", "BYTES",
+)  # fmt: skip
+
+
+def make_identities(out: Path, datatypes: tuple[str, ...] = IDENTITY_DATATYPES, width: int = 4) -> list[ZooModel]:
+    """One ``identity`` model per V2 datatype (``identity-fp32``, ...): the protocol's
+    test models, which answer their input unchanged."""
+    return [make_model(out, f"identity-{d.lower()}", "identity", {"datatype": d, "width": width}, 0) for d in datatypes]

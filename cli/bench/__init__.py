@@ -61,8 +61,25 @@ def _paging(scenarios: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _protocols(scenarios: argparse._SubParsersAction) -> None:
+    p = scenarios.add_parser(
+        "protocols", help="REST JSON vs REST binary vs gRPC through the balancer under open-loop load"
+    )
+    f = Flags(p, "bench")
+    f.add("--duration", "seconds measured per rate", type=float, default=8.0)
+    f.add("--warmup", "seconds of load before each rate is measured", type=float, default=1.0)
+    f.add("--max-outstanding", "requests in flight at most (more are dropped)", type=int, default=64)
+
+    def run(args: argparse.Namespace) -> int:
+        from cli.bench.protocols import run_protocols
+
+        return run_protocols(args.duration, args.warmup, args.max_outstanding)
+
+    p.set_defaults(run=run)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster, one scenario at a time")
     scenarios = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
-    for declare in (_overhead, _cache, _paging):
+    for declare in (_overhead, _cache, _paging, _protocols):
         declare(scenarios)

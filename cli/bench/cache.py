@@ -147,7 +147,8 @@ def run_cache(samples: int, duration: float, out: Path | None) -> int:
         redis_url = redis_found[0] if redis_found else None
         if redis_found:
             stack.callback(redis_found[1])
-        cluster = Cluster(UpOptions(workers=2, models=models, port=0, redis_url=redis_url, log_level="WARNING"))
+        options = UpOptions(workers=2, models=models, port=0, grpc_port=0, redis_url=redis_url, log_level="WARNING")
+        cluster = Cluster(options)
         stack.callback(cluster.stop)
         endpoint = cluster.start(models)
         client = Client(endpoint)
@@ -176,7 +177,7 @@ def run_cache(samples: int, duration: float, out: Path | None) -> int:
             other = cluster.spawn(
                 "balancer",
                 ["balancer", "--workers", ",".join(cluster.worker_urls), "--port", str(port), "--redis-url", redis_url,
-                 "--log-level", "WARNING"],
+                 "--grpc-port", "0", "--log-level", "WARNING"],
             )  # fmt: skip
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", other)
             second = Client(f"http://127.0.0.1:{port}")

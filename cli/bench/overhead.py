@@ -57,7 +57,9 @@ def run_overhead(duration: float, connections: int, models: Path | None) -> int:
 
             models = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-")))
             make_zoo(models, count=4, min_size=1 << 20, max_size=4 << 20)
-        cluster = Cluster(UpOptions(workers=2, models=models, port=0, policy="consistent", log_level="WARNING"))
+        cluster = Cluster(
+            UpOptions(workers=2, models=models, port=0, grpc_port=0, policy="consistent", log_level="WARNING")
+        )
         stack.callback(cluster.stop)
         endpoint = cluster.start(models)
         name, body = example_requests(models)[0]
@@ -75,7 +77,7 @@ def run_overhead(duration: float, connections: int, models: Path | None) -> int:
             stack.callback(proxy.stop)
             static = f"http://127.0.0.1:{proxy.static_port}"
             port = free_port()
-            args = ["balancer", "--workers", static, "--port", str(port), "--log-level", "WARNING"]
+            args = ["balancer", "--workers", static, "--port", str(port), "--grpc-port", "0", "--log-level", "WARNING"]
             front = cluster.spawn("balancer", args)
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", front)
             static_proxy = f"http://127.0.0.1:{proxy.static_proxy_port}{path}"

@@ -144,7 +144,8 @@ def run_paging(size: int, architecture: str, trials: int, threads: int, out: Pat
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = stack.enter_context(open(tmp / "worker.log", "wb"))
-        worker_args = ["worker", "--models", str(tmp / "models"), "--port", str(port), "--threads", str(threads)]
+        worker_args = ["worker", "--models", str(tmp / "models"), "--port", str(port), "--grpc-port", "0"]
+        worker_args += ["--threads", str(threads)]
         worker_args += ["--cpu-memory", str(3 * model_bytes), "--rescan-interval", "0", "--log-level", "WARNING"]
         worker = spawn(affinity_command(*worker_args), output=log)
         stack.callback(stop, [worker])
