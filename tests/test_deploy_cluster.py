@@ -406,7 +406,12 @@ def _exported(url: str) -> set[str]:
 
 
 def test_every_dashboard_metric_is_one_the_processes_export(cluster: Cluster) -> None:
-    exported = _exported(cluster.balancer.url) | _exported(cluster.workers[0].url)
+    for worker in cluster.workers:  # series labelled by model appear once a model has served
+        body = infer_body(sample_inputs(cluster.zoo, cluster.models[0], 1, seed=5))
+        assert request(worker.url, "POST", f"/v2/models/{cluster.models[0]}/infer", body).status == 200
+    exported = _exported(cluster.balancer.url)
+    for worker in cluster.workers:
+        exported |= _exported(worker.url)
     named = set().union(*(metric_names(t["expr"]) for p in _panels() for t in p["targets"]))
     assert len(named) >= 10 and all(n.startswith("affinity_") for n in named)
     assert named <= exported, f"not exported: {sorted(named - exported)}"
@@ -493,33 +498,36 @@ def test_every_grafana_panel_returns_data_from_prometheus_scraping_the_cluster(
 ) -> None:
     up = 'up{job=~"affinity-.*"}'
     wait_until(lambda: len([r for r in _query(prometheus, up) if r["value"][1] == "1"]) == 3, 30, 0.5)
-    pending = [(p["title"], t) for p in _panels() for t in p["targets"]]
-    answers: dict[str, list[dict[str, Any]]] = {}
+    members = {w.id for w in cluster.workers}
+    Result = list[dict[str, Any]]
 
-    def answered(target: dict[str, Any]) -> bool:
+    def positive(result: Result) -> set[str]:
+        return {r["metric"].get("tier", "") for r in result if float(r["value"][1]) > 0}
+
+    # Beyond returning data: the panels saw what the traffic does, paging included (loads from
+    # the store or the disk cache, evictions under the small budget), hits and misses both.
+    expected: dict[str, Any] = {
+        "Model loads by source tier": lambda result: positive(result) & {"remote", "disk"},
+        "Model evictions by tier": positive,
+        "Cache hit ratio": lambda result: 0 < float(result[0]["value"][1]) < 1,
+        "In flight per worker": lambda result: {r["metric"]["worker"] for r in result} == members,
+        "Request rate (balancer)": lambda result: {r["metric"]["code"] for r in result} == {"200"},
+    }
+    pending = [(p["title"], t) for p in _panels() for t in p["targets"]]
+    assert set(expected) <= {title for title, _ in pending}
+
+    def answered(title: str, target: dict[str, Any]) -> bool:
         result = _query(prometheus, _substitute(target["expr"]))
         finite = [r for r in result if math.isfinite(float(r["value"][1]))]
         legend = re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", ""))
         if not finite or any(not r["metric"].get(label) for r in finite for label in legend):
             return False
-        answers[target["expr"]] = finite
-        return True
+        return bool(expected.get(title, bool)(finite))
 
     with Traffic(cluster, limit=120) as traffic:
         deadline = time.monotonic() + 90
         while pending and time.monotonic() < deadline:
-            pending = [(title, t) for title, t in pending if not answered(t)]
+            pending = [(title, t) for title, t in pending if not answered(title, t)]
             time.sleep(1)
-    assert not pending, f"panels without data: {[(title, t['expr']) for title, t in pending]}"
+    assert not pending, f"panels without the data expected: {[(title, t['expr']) for title, t in pending]}"
     assert traffic.statuses and set(traffic.statuses) == {200}
-    # The paging panels saw paging: loads from the store and evictions under the small budget.
-    by_title = {p["title"]: p for p in _panels()}
-    loads = answers[by_title["Model loads by source tier"]["targets"][0]["expr"]]
-    assert {r["metric"]["tier"] for r in loads if float(r["value"][1]) > 0} & {"remote", "disk"}
-    evictions = answers[by_title["Model evictions by tier"]["targets"][0]["expr"]]
-    assert any(float(r["value"][1]) > 0 for r in evictions)
-    hits = answers[by_title["Cache hit ratio"]["targets"][0]["expr"]]
-    assert 0 < float(hits[0]["value"][1]) < 1
-    members = {w.id for w in cluster.workers}
-    inflight = answers[by_title["In flight per worker"]["targets"][0]["expr"]]
-    assert {r["metric"]["worker"] for r in inflight} == members
