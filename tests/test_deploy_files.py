@@ -322,7 +322,6 @@ def test_dockerfile_stages_parse_and_build_one_slim_non_root_cpu_image() -> None
     torch_runs = [r for r in runs if "torch" in r]
     assert torch_runs == ['pip install --no-cache-dir --index-url "$TORCH_INDEX" "torch==$TORCH_VERSION"']
     # Only the runtime stage is the image: what follows its FROM.
-    runtime = instructions[[i["instruction"] for i in instructions].index("FROM") :]
     runtime = instructions[max(n for n, i in enumerate(instructions) if i["instruction"] == "FROM") :]
     final = {i["instruction"]: i["value"] for i in runtime}
     assert final["USER"] == "${UID}:${UID}" and args["UID"] not in ("0", "root")
