@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -437,3 +438,44 @@ def test_workers_on_a_wildcard_address_take_the_hostname_as_their_id(tmp_path: P
     assert WorkerConfig(host="127.0.0.2", port=8100, remote_store=store).identity == "127.0.0.2:8100"
     assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store, worker_id="w-0").identity == "w-0"
     assert compose()["services"]["worker"]["environment"]["AFFINITY_WORKER_HOST"] == "0.0.0.0"
+
+
+def _settings_of_every_process() -> list[tuple[str, list[str], dict[str, str]]]:
+    """(where, command path, environment) of every process the compose file and the manifests
+    run, secrets and pod fields given stand-in values."""
+    stand_ins = {"AFFINITY_ADMIN_TOKEN": "t0ken", "MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "p"}
+    stand_ins["GRAFANA_ADMIN_PASSWORD"] = "g"
+    found = []
+    for name, service in compose(stand_ins)["services"].items():
+        if uses_our_image(service):
+            env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+            found += [(f"compose {name}", c.split(), env) for c in affinity_commands(service)]
+    for name, _, c in _containers():
+        env = {k: v if isinstance(v, str) else "affinity-worker-0" for k, v in _container_env(c).items()}
+        found.append((f"k8s {name}", [c["args"][0]], env))
+    return found
+
+
+def test_every_setting_in_the_files_is_a_value_its_flag_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables' values parse as their flags' types (sizes, shares, numbers), and a worker's
+    settings make a valid worker configuration (store URL, device, budgets)."""
+    from cli.flags import config_from
+    from cli.main import build_parser
+
+    checked, refused = set(), []
+    for where, command, env in _settings_of_every_process():
+        for var in [v for v in os.environ if v.startswith("AFFINITY_")]:
+            monkeypatch.delenv(var)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        try:
+            args = build_parser().parse_args(command)
+        except SystemExit:
+            refused.append(f"{where}: `affinity {' '.join(command)}`")
+            continue
+        if command == ["worker"]:
+            config = config_from(WorkerConfig, args)
+            assert config.remote_store and config.host == "0.0.0.0", where
+        checked.add(where)
+    assert not refused, f"settings refused: {refused}"
+    assert len(checked) >= 7
