@@ -531,3 +531,11 @@ def test_every_grafana_panel_returns_data_from_prometheus_scraping_the_cluster(
             time.sleep(1)
     assert not pending, f"panels without the data expected: {[(title, t['expr']) for title, t in pending]}"
     assert traffic.statuses and set(traffic.statuses) == {200}
+    # The dashboard's variables (label_values(metric, label)) list what the processes report.
+    for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
+        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"])
+        assert match is not None, variable["query"]
+        metric, label = match.groups()
+        query = urllib.parse.urlencode({"match[]": metric})
+        values = request(prometheus, "GET", f"/api/v1/label/{label}/values?{query}").json()["data"]
+        assert set(cluster.models) <= set(values), (variable["name"], values)
