@@ -49,6 +49,9 @@ from tests.deploy_files import (
 from tests.harness import Proc, RedisServer, Server, request, wait_until
 from tests.reference import infer_body, sample_inputs
 
+# A cluster of five processes and a Prometheus start within a test: more room than the default.
+pytestmark = pytest.mark.timeout(300)
+
 PROMETHEUS_BINARY = shutil.which("prometheus")
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 TOKEN = "compose-test-" + os.urandom(8).hex()
