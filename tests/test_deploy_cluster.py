@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,10 @@ def s3_endpoint() -> Iterator[str]:
     try:
         yield f"http://{host}:{port}"
     finally:
+        # moto keeps its buckets in this process, shared by every moto server in it: leave none behind.
+        reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(reset, timeout=10) as answer:
+            assert answer.status == 200
         server.stop()
 
 
