@@ -82,12 +82,14 @@ class GrpcListener:
         self._server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port``; the bound port. OSError when it cannot bind."""
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on ``host:port``; the bound port. OSError when it cannot bind.
+        ``reuse_port``: share the port with sibling processes (otherwise a port in
+        use is an error, never silently shared)."""
         options = [
             ("grpc.max_receive_message_length", self.max_message),
             ("grpc.max_send_message_length", self.max_message),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, never shared
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers),))

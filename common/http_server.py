@@ -71,11 +71,14 @@ class HttpServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, backlog: int = 2048) -> int:
-        """Listen on host:port (0: any free port); returns the bound port."""
+    async def start(self, host: str, port: int, backlog: int = 2048, reuse_port: bool = False) -> int:
+        """Listen on host:port (0: any free port); returns the bound port. ``reuse_port``:
+        share the port with sibling processes (SO_REUSEPORT; the kernel spreads connections)."""
         loop = asyncio.get_running_loop()
         self._tick(loop.time())
-        server = await loop.create_server(lambda: Connection(self), host, port, backlog=backlog, reuse_address=True)
+        server = await loop.create_server(
+            lambda: Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
+        )
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())

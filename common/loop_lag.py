@@ -30,6 +30,7 @@ class LoopLag:
                 "The largest event-loop lag seen since the process started.",
                 [],
                 lambda: {(): self.max},
+                merge="max",
             )
         )
 

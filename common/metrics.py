@@ -104,13 +104,20 @@ class Histogram(Family):
 
 
 class CallbackGauge(Family):
-    """A gauge whose samples are read from a callback at scrape time."""
+    """A gauge whose samples are read from a callback at scrape time. ``merge`` says
+    how processes sharing a port add it up (common.shared_metrics): sum or max."""
 
     def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], read: Callable[[], dict[tuple[str, ...], float]]
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        read: Callable[[], dict[tuple[str, ...], float]],
+        merge: str = "sum",
     ) -> None:
         super().__init__(name, documentation, labelnames)
         self._read = read
+        self.merge = merge
 
     def collect(self) -> Metric:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
