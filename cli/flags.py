@@ -29,6 +29,11 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def names(text: str) -> tuple[str, ...]:
+    """A comma-separated list: ``acme,beta`` -> ('acme', 'beta')."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def amount(text: str) -> Amount:
     """A budget: a size (``4GiB``) or a share of what the machine has (``50%``)."""
     try:
@@ -60,7 +65,7 @@ class Flags:
         if from_env is not None:
             default, required = from_env, False  # argparse applies ``type`` to string defaults
         shown = "" if default is None or secret else f" (default: {default})"
-        text = f"{help}{shown} [env {env}]".replace("%", "%%")  # argparse %-formats help ("50%" would break it)
+        text = f"{help}{shown} [env {env}]".replace("%", "%%")  # argparse %-formats help ("50%" defaults)
         self.parser.add_argument(flag, type=type, default=default, required=required, help=text, **kwargs)
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
+from cli import models as models_cli
 from cli import publish as publish_cli
-from cli.flags import Flags, amount, config_from, size
+from cli.flags import Flags, amount, config_from, names, size
 from common import __version__
 from common.auth import ADMIN_TOKEN_ENV
 
@@ -32,6 +33,11 @@ def _memory_flags(f: Flags, cpu: str | None, gpu: str | None) -> None:
     f.add("--admin-token", "token for the repository load/unload and /admin routes", env=ADMIN_TOKEN_ENV, secret=True)
 
 
+def _code_flag(f: Flags) -> None:
+    f.add("--allow-code", "packages whose factories models may name as python:package.module:factory "
+          "(comma-separated, whole package names; default: none)", type=names, default=())  # fmt: skip
+
+
 def _http_flags(f: Flags) -> None:
     """The HTTP server's limits, the same for both servers."""
     f.add("--max-body-size", "largest request body", type=size, default="64MiB")
@@ -51,6 +57,7 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--worker-id", "stable id on the ring and in X-Served-By (default host:port)", default="")
     f.add("--threads", "inference threads (0: all cores)", type=int, default=0)
     _memory_flags(f, "50%", "80%")
+    _code_flag(f)
     f.add("--load-wait", "seconds a load waits for room held by models in use (then 503)", type=float, default=30.0)
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
@@ -110,6 +117,7 @@ def _up_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--zoo-count", "models in a generated demo zoo", type=int, default=12)
     f.add("--zoo-max-size", "largest model in a generated demo zoo", type=size, default="16MiB")
     _memory_flags(f, None, None)
+    _code_flag(f)
     f.add("--log-level", "log level for every process", default="WARNING")
     p.set_defaults(run=_run_up)
 
@@ -127,6 +135,7 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--archs", "comma-separated architectures, cycled", default="mlp,cnn,transformer,logreg")
     f.add("--seed", "random seed (same seed, same zoo)", type=int, default=0)
     make.set_defaults(run=_run_models_make)
+    models_cli.add_parsers(msub)
     publish_cli.add_parser(msub)
 
 

@@ -9,6 +9,7 @@ like, credentials from boto3's usual ``AWS_*`` environment, or ``file:///dir``).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cli.flags import Flags
@@ -20,7 +21,7 @@ def add_parser(models_sub: argparse._SubParsersAction) -> None:
         help="publish a repository to a remote store (manifests written last; unchanged versions skipped)",
     )
     f = Flags(p, "models")
-    f.add("--repository", "model repository to publish (<root>/<name>/<version>/)", type=Path, required=True)
+    f.add("--models", "repository directory to publish (<root>/<name>/<version>/)", type=Path, required=True)
     f.add("--remote-store", "where to: s3://bucket/prefix (the bucket is created if missing) or file:///dir",
           required=True)  # fmt: skip
     f.add("--remote-endpoint", "S3-compatible endpoint URL (MinIO, ...); credentials from AWS_* as boto3 reads them")
@@ -33,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         store = open_writer(args.remote_store, args.remote_endpoint)
-        done = publish(args.repository, store)
+        done = publish(args.models, store)
     except PublishError as exc:
-        print(f"affinity models push: {exc}")
+        print(f"affinity models push: {exc}", file=sys.stderr)
         return 1
     for item in done:
         state = "uploaded" if item.uploaded else "unchanged"

@@ -56,6 +56,7 @@ class UpOptions:
     max_loads: int = 1
     rescan_interval: float = 10.0
     admin_token: str | None = field(default=None, repr=False)
+    allow_code: tuple[str, ...] = ()  # handed to every worker
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -74,6 +75,8 @@ class UpOptions:
             args += ["--remote-store", self.remote_store]
         if self.remote_endpoint is not None:
             args += ["--remote-endpoint", self.remote_endpoint]
+        if self.allow_code:
+            args += ["--allow-code", ",".join(self.allow_code)]
         return args
 
 

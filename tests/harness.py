@@ -77,10 +77,11 @@ class Proc:
     args: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # variables added to the clean environment (PYTHONPATH, ...)
 
     def start(self) -> Proc:
         with self.log.open("ab") as log:
-            self.popen = spawn(self.args, output=log)
+            self.popen = spawn(self.args, output=log, extra_env=self.env)
         return self
 
     @property
@@ -141,12 +142,13 @@ class Server:
         return self
 
 
-def start_worker(models: Path | None, logdir: Path, *extra: str) -> Server:
-    """A worker on free ports (``models`` None: no local repository, a remote store in ``extra``)."""
+def start_worker(models: Path | None, logdir: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+    """A worker on free ports (``models`` None: no local repository, a remote store in ``extra``;
+    ``env``: variables for its environment, e.g. a PYTHONPATH where allowed model code lives)."""
     port, grpc_port = free_port(), free_port()
     local = ("--models", str(models)) if models is not None else ()
     args = affinity("worker", *local, "--port", str(port), "--grpc-port", str(grpc_port), "--threads", "1", *extra)
-    proc = Proc(f"worker-{port}", args, logdir / f"worker-{port}.log").start()
+    proc = Proc(f"worker-{port}", args, logdir / f"worker-{port}.log", env=env).start()
     return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 
@@ -210,10 +212,15 @@ class RedisServer:
 
 @contextlib.contextmanager
 def private_cluster(
-    models: Path, logdir: Path, workers: int = 2, *balancer_args: str, worker_args: tuple[str, ...] = ()
+    models: Path,
+    logdir: Path,
+    workers: int = 2,
+    *balancer_args: str,
+    worker_args: tuple[str, ...] = (),
+    worker_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[list[Server], Server]]:
     """Workers and a balancer of the test's own (for tests that kill or stop them)."""
-    started = [start_worker(models, logdir, *worker_args) for _ in range(workers)]
+    started = [start_worker(models, logdir, *worker_args, env=worker_env) for _ in range(workers)]
     balancer: Server | None = None
     try:
         for w in started:

@@ -221,7 +221,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, dns_serv
             check=False,
         )
         assert job.returncode == 0, job.stdout + job.stderr
-        zoo = Path(envs["zoo"]["AFFINITY_MODELS_REPOSITORY"])
+        zoo = Path(envs["zoo"]["AFFINITY_MODELS_MODELS"])
         models = sorted(p.name for p in zoo.iterdir() if p.is_dir())
 
         workers = []

@@ -49,6 +49,9 @@ class TensorFilePager:
     def pinned(self, model: Tensors) -> bool:
         return False
 
+    def device_capable(self, key: Key, directory: Path) -> bool:
+        return True
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:

@@ -86,7 +86,7 @@ def test_store_urls_are_checked() -> None:
 
 def test_the_command_pushes_and_reports(repository: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "cli", "models", "push", "--repository", str(repository)]
+    cmd = [sys.executable, "-m", "cli", "models", "push", "--models", str(repository)]
     first = subprocess.run(
         [*cmd, "--remote-store", store.as_uri()], capture_output=True, text=True, timeout=120, check=False
     )

@@ -172,6 +172,9 @@ class Batcher:
             began = clock()
             try:
                 results = _forward(model, device, [arrays for _, arrays, _ in group])
+            except ProtocolError as exc:  # outputs other than declared (worker.interface): said as it is
+                outcomes.extend((job.future, exc) for _, _, job in group)
+                continue
             except Exception as exc:  # torch raises a wide range; the batch fails, the worker stays up
                 failure = ModelUnavailable(f"model '{model.name}' failed to run ({type(exc).__name__})")
                 outcomes.extend((job.future, failure) for _, _, job in group)

@@ -22,8 +22,9 @@ from protocol.errors import ModelNotFound, VersionNotFound
 from worker.errors import InvalidModelConfig
 from worker.manifest import InvalidManifest
 from worker.model_config import ModelConfig
+from worker.pickle_guard import RefusedFile, check_file_name
 from worker.remote_store import RemoteStore, RemoteStoreError
-from worker.repository import CONFIG_FILE, WEIGHTS_FILE, ModelVersion, Repository
+from worker.repository import CONFIG_FILE, ModelVersion, Repository
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,19 @@ class Catalog:
         name, version = key
         try:
             manifest = self._store.read_manifest(key)
+            for file in manifest.files:  # never downloaded: the version is refused whole
+                check_file_name(file)
             with self._store.open_file(key, CONFIG_FILE) as f:
                 raw = f.read(MAX_CONFIG_BYTES + 1)
             if len(raw) > MAX_CONFIG_BYTES:
                 raise InvalidModelConfig("config.json is too large")
             config = ModelConfig.from_bytes(raw)
-        except (RemoteStoreError, InvalidManifest, InvalidModelConfig) as exc:
+        except (RemoteStoreError, InvalidManifest, InvalidModelConfig, RefusedFile) as exc:
             return ModelVersion(name, version, None, None, f"in the remote store: {exc}")
-        weights = manifest.files.get(WEIGHTS_FILE)
+        weights = manifest.files.get(config.weights_file)
         if weights is None:
-            return ModelVersion(name, version, None, None, f"the remote store's manifest lists no {WEIGHTS_FILE}")
+            problem = f"the remote store's manifest lists no {config.weights_file}"
+            return ModelVersion(name, version, None, None, problem)
         return ModelVersion(name, version, None, config, "", weights.size, weights.sha256)
 
     # -- the installed view (event loop) ---------------------------------------------

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from common.http_limits import HttpLimits
 from common.units import Amount
+from worker.custom_code import parse_allowed
 from worker.eviction import POLICIES
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -49,6 +50,7 @@ class WorkerConfig:
     rescan_interval: float = 10.0  # seconds between repository rescans; 0: only at start and on load
     load_wait: float = 30.0  # seconds a load waits for room held by models in use, then 503
     admin_token: str | None = field(default=None, repr=False)
+    allow_code: tuple[str, ...] = ()  # packages whose factories model configs may name (python:pkg.mod:fn)
 
     def http_limits(self) -> HttpLimits:
         return HttpLimits(
@@ -85,6 +87,7 @@ class WorkerConfig:
             raise ValueError("--remote-endpoint needs --remote-store s3://...")
         if self.admin_token is not None and not self.admin_token.strip():
             raise ValueError("the admin token cannot be empty")
+        object.__setattr__(self, "allow_code", parse_allowed(self.allow_code))
 
     @property
     def identity(self) -> str:

@@ -19,15 +19,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from worker.catalog import Catalog
 from worker.config import WorkerConfig
+from worker.custom_code import CodePolicy
 from worker.device import Device, StandInDevice, cuda_device
 from worker.disk_cache import DiskCache
 from worker.eviction import make_policy
+from worker.formats import ModelPager
 from worker.host_memory import usable_memory
 from worker.memory import MemoryConfig, MemoryManager
-from worker.paging import TorchPager
 from worker.remote_store import open_store
 from worker.runner import LoadedModel
 from worker.tiers import MemoryObserver
@@ -82,6 +84,7 @@ def build(
     disk_cache_dir: Path | None = None,
     disk_cache_budget: int = 10 << 30,
     observer: MemoryObserver | None = None,
+    allow_code: tuple[str, ...] = (),
 ) -> Hierarchy:
     """The manager and catalog over these tiers (on the event loop; nothing scanned yet)."""
     store = open_store(remote_store, remote_endpoint) if remote_store else None
@@ -97,8 +100,11 @@ def build(
     config = MemoryConfig(
         cpu_budget=cpu_budget, gpu_budget=gpu_budget, eviction=eviction, max_loads=max_loads, wait_timeout=load_wait
     )
+    # Model code may come only from allowed packages, never from where models are data.
+    data_dirs = [d for d in (models, disk_cache_dir, _store_dir(remote_store)) if d is not None]
+    pager = ModelPager(CodePolicy(allow_code, tuple(data_dirs)))
     memory: MemoryManager[LoadedModel] = MemoryManager(
-        config, TorchPager(), catalog.local_path, device=device, disk_cache=disk_cache, observer=observer
+        config, pager, catalog.local_path, device=device, disk_cache=disk_cache, observer=observer
     )
     log.info(
         "memory tiers: gpu %s, cpu %d bytes, disk cache %s, remote %s, eviction %s",
@@ -126,4 +132,10 @@ def from_config(config: WorkerConfig, observer: MemoryObserver | None = None) ->
         config.disk_cache_dir,
         config.disk_cache,
         observer,
+        config.allow_code,
     )
+
+
+def _store_dir(url: str | None) -> Path | None:
+    """A directory store's root (``file:///dir``), which is data like the repository."""
+    return Path(urlparse(url).path) if url and urlparse(url).scheme == "file" else None

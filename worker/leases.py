@@ -33,6 +33,7 @@ class Resident(Generic[M]):
     refs: int = 0
     promoting: bool = False
     unloading: bool = False  # dropped when the last lease is released
+    device_capable: bool = True  # the format can serve from a device (ONNX cannot, here)
 
     @property
     def model(self) -> M:

@@ -8,8 +8,8 @@ the disk cache first. Concurrent callers for one model share one page-in
 (singleflight per model, no global lock across awaits), and at most
 ``max_loads`` loads run at once, in a thread pool.
 
-Placement: the GPU tier when there is a device and the model fits its budget,
-else the CPU tier. A model's bytes are known before loading (the pager reads the
+Placement: the GPU tier when there is a device, the model's format can use it
+and the model fits its budget, else the CPU tier. A model's bytes are known before loading (the pager reads the
 weights' header), so the manager reserves them first, evicting by the tier's
 policy among models not in use, not pinned and not awaited; no tier ever holds
 more than its budget, loads in flight included. A GPU victim is demoted to the
@@ -99,7 +99,7 @@ class MemoryManager(Generic[M]):
         self._waiters: dict[Key, int] = {}  # callers awaiting a page-in: its result is not evictable
         self._paging: set[Key] = set()
         self._pins: set[Key] = set(config.pinned)
-        self._sizes: dict[Key, int] = {}
+        self._sizes: dict[Key, tuple[int, bool]] = {}
         self._failed: dict[Key, str] = {}
         self._room: asyncio.Future[None] | None = None
         self._load_slots = asyncio.Semaphore(config.max_loads)
@@ -153,7 +153,8 @@ class MemoryManager(Generic[M]):
             self._notify_room()
 
     def _wants_promotion(self, resident: Resident[M]) -> bool:
-        return resident.tier == CPU and self._gpu is not None and resident.size <= self._gpu.budget
+        gpu = self._gpu
+        return resident.tier == CPU and gpu is not None and resident.device_capable and resident.size <= gpu.budget
 
     # -- paging in ----------------------------------------------------------------
 
@@ -173,8 +174,8 @@ class MemoryManager(Generic[M]):
                 if self._disk is None:
                     raise NotFound(f"unknown model '{key[0]}' version {key[1]}")
                 directory, source = await self._disk.fetch(key), REMOTE
-            size = await self._measure(key, directory)
-            tier = await self._reserve(key, size, deadline)
+            size, on_device = await self._measure(key, directory)
+            tier = await self._reserve(key, size, deadline, on_device)
             try:
                 async with self._load_slots:
                     loop = asyncio.get_running_loop()
@@ -193,7 +194,9 @@ class MemoryManager(Generic[M]):
                 self._notify_room()
                 raise
             tier.commit(key, host_seconds + device_seconds if tier is self._gpu else host_seconds)
-            self._models[key] = Resident(key, size, tier.name, host, device_copy, host_seconds, device_seconds)
+            self._models[key] = Resident(
+                key, size, tier.name, host, device_copy, host_seconds, device_seconds, device_capable=on_device
+            )
             if self._pager.pinned(host):  # the model's config pins it: again on every load
                 self._pins.add(key)
             self._failed.pop(key, None)
@@ -220,17 +223,20 @@ class MemoryManager(Generic[M]):
             directory = self._disk.path(key)
         return directory, DISK if directory is not None else REMOTE
 
-    async def _measure(self, key: Key, directory: Path) -> int:
-        size = self._sizes.get(key)
-        if size is None:
+    async def _measure(self, key: Key, directory: Path) -> tuple[int, bool]:
+        """The model's bytes, and whether its format can serve from a device."""
+        measured = self._sizes.get(key)
+        if measured is None:
             loop = asyncio.get_running_loop()
             size = await loop.run_in_executor(self._header_pool, self._pager.weights_bytes, key, directory)
-            self._sizes[key] = size
-        return size
+            capable = await loop.run_in_executor(self._header_pool, self._pager.device_capable, key, directory)
+            measured = self._sizes[key] = (size, capable)
+        return measured
 
-    async def _reserve(self, key: Key, size: int, deadline: float) -> Tier[Key]:
+    async def _reserve(self, key: Key, size: int, deadline: float, on_device: bool = True) -> Tier[Key]:
         """Reserve ``size`` bytes in the best tier that can make room, evicting first."""
-        tiers = [t for t in (self._gpu, self._cpu) if t is not None and t.fits_at_all(size)]
+        gpu = self._gpu if on_device else None
+        tiers = [t for t in (gpu, self._cpu) if t is not None and t.fits_at_all(size)]
         if not tiers:
             largest = max(t.budget for t in (self._gpu, self._cpu) if t is not None)
             raise ModelTooLarge(

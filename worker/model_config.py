@@ -1,7 +1,10 @@
-"""A model version's ``config.json``: architecture, arguments and interface.
+"""A model version's ``config.json``: format, architecture, arguments and interface.
 
     {
-      "architecture": "mlp",              # a name in worker.architectures
+      "format": "safetensors",            # or "onnx" (default: safetensors)
+      "architecture": "mlp",              # a name in worker.architectures, or
+                                          # "python:package.module:factory" (code the
+                                          # worker allows); none for onnx
       "args": {...},                      # the architecture's constructor arguments
       "inputs":  [{"name": "input",  "datatype": "FP32", "shape": [-1, 64]}],
       "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
@@ -14,11 +17,15 @@
     }
 
 With ``max_batch_size > 0`` the first dimension of every input and output is the
-batch dimension and is written as -1. Parsing needs no torch.
+batch dimension and is written as -1. The interface is the config's to declare,
+for every format: names, datatypes and shapes are checked against the model by
+a synthetic forward when it loads (``worker.interface``). Each format has one
+weights file in the version's directory (``WEIGHTS_FILES``). Parsing needs no torch.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +34,13 @@ import orjson
 from protocol.datatypes import DATATYPES
 from protocol.types import TensorSpec
 from worker.errors import InvalidModelConfig
+
+# Each format's one weights file in a version's directory.
+WEIGHTS_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
+CODE_PREFIX = "python:"
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_CODE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")  # a tensor name, as graphs spell them
 
 
 @dataclass(slots=True, frozen=True)
@@ -41,10 +55,21 @@ class ModelConfig:
     cache_ttl: float | None = None
     warmup: bool = True
     pinned: bool = False
+    format: str = "safetensors"
+
+    @property
+    def weights_file(self) -> str:
+        return WEIGHTS_FILES[self.format]
+
+    @property
+    def code(self) -> str | None:
+        """``package.module:factory`` when the architecture is user code, else None."""
+        return self.architecture.removeprefix(CODE_PREFIX) if self.architecture.startswith(CODE_PREFIX) else None
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "architecture": self.architecture,
+            "format": self.format,
+            **({"architecture": self.architecture} if self.architecture else {}),
             "args": self.args,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
@@ -62,7 +87,8 @@ class ModelConfig:
             raise InvalidModelConfig("config.json must hold an object")
         try:
             config = cls(
-                architecture=str(raw["architecture"]),
+                format=str(raw.get("format", "safetensors")),
+                architecture=str(raw.get("architecture", "")),
                 args=dict(raw.get("args", {})),
                 inputs=tuple(_spec(t) for t in raw["inputs"]),
                 outputs=tuple(_spec(t) for t in raw["outputs"]),
@@ -75,8 +101,20 @@ class ModelConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None
+        if config.format not in WEIGHTS_FILES:
+            raise InvalidModelConfig(f"unknown format '{config.format[:32]}': use {' or '.join(WEIGHTS_FILES)}")
+        if config.format == "safetensors" and not config.architecture:
+            raise InvalidModelConfig("a safetensors model needs an 'architecture'")
+        if config.format == "onnx" and config.architecture:
+            raise InvalidModelConfig("an onnx model carries its graph: it takes no 'architecture'")
+        if config.code is not None and not _CODE.fullmatch(config.code):
+            raise InvalidModelConfig("architecture 'python:...' must name package.module:factory")
         if not config.inputs or not config.outputs:
             raise InvalidModelConfig("config.json needs at least one input and one output")
+        for group, specs in (("input", config.inputs), ("output", config.outputs)):
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise InvalidModelConfig(f"config.json names an {group} twice")
         if config.cache_ttl is not None and not config.cache_ttl > 0:
             raise InvalidModelConfig("cache_ttl must be a positive number of seconds")
         if config.max_batch_size < 0:
@@ -97,7 +135,7 @@ class ModelConfig:
 
 def _spec(raw: Any) -> TensorSpec:
     name, datatype, shape = raw["name"], raw["datatype"], raw["shape"]
-    if not isinstance(name, str) or datatype not in DATATYPES:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or datatype not in DATATYPES:
         raise ValueError(f"bad tensor spec {name!r}")
     dims = tuple(int(d) for d in shape)
     if any(d < -1 or d == 0 for d in dims):

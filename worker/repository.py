@@ -1,9 +1,11 @@
 """The model repository on disk: ``<root>/<name>/<version>/`` with
-``model.safetensors`` and ``config.json``.
+``config.json`` and its format's weights file (``model.safetensors`` or
+``model.onnx``).
 
 The root is a read-only source. Scanning reads directory listings and config
 files (no torch), and the sha256 of each version's weights file, which names
-the weights in cache keys; digests are kept by (size, mtime), so a rescan
+the weights in cache keys; a version that carries a pickle or an archive is
+listed UNAVAILABLE with the reason (``worker.pickle_guard``); digests are kept by (size, mtime), so a rescan
 hashes only files that changed. Scanning blocks: callers run it off the event
 loop. Names and versions that break the allow-list rule are skipped, so no
 request can name a path outside the root.
@@ -20,11 +22,13 @@ from pathlib import Path
 from protocol.errors import ModelNotFound, VersionNotFound
 from protocol.names import is_valid_name, is_valid_version
 from worker.errors import InvalidModelConfig
-from worker.model_config import ModelConfig
+from worker.manifest import MANIFEST_FILE
+from worker.model_config import WEIGHTS_FILES, ModelConfig
+from worker.pickle_guard import RefusedFile, refuse_pickles
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = WEIGHTS_FILES["safetensors"]
 CONFIG_FILE = "config.json"
 
 
@@ -73,14 +77,15 @@ class Repository:
 
     def _read_version(self, name: str, version: str, path: Path) -> ModelVersion:
         try:
+            refuse_pickles(path, (CONFIG_FILE, MANIFEST_FILE, *WEIGHTS_FILES.values()))
             config = ModelConfig.from_bytes((path / CONFIG_FILE).read_bytes())
-            weights = path / WEIGHTS_FILE
+            weights = path / config.weights_file
             stat = weights.stat()
             digest = self._digest(weights, stat.st_size, stat.st_mtime_ns)
         except FileNotFoundError as exc:
             missing = Path(exc.filename or "").name or "a file"
             return ModelVersion(name, version, path, None, f"{missing} is missing")
-        except InvalidModelConfig as exc:
+        except (InvalidModelConfig, RefusedFile) as exc:
             return ModelVersion(name, version, path, None, str(exc))
         except OSError:
             return ModelVersion(name, version, path, None, "the model's files cannot be read")

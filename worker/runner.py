@@ -10,7 +10,7 @@ reaches torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from torch import nn
@@ -22,12 +22,19 @@ from worker.codecs import Codec
 from worker.model_config import ModelConfig
 
 
+class ArrayModel(Protocol):
+    """A model that runs on arrays itself (an ONNX session): inputs in declared order in,
+    outputs in declared order out."""
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
 @dataclass(slots=True)
 class LoadedModel:
     name: str
     version: str
     config: ModelConfig
-    module: nn.Module
+    module: nn.Module | ArrayModel
 
 
 def check_request(request: InferRequest, config: ModelConfig) -> list[np.ndarray]:

@@ -48,14 +48,13 @@ from worker.repository import ModelVersion
 from worker.runner import LoadedModel, decode_and_check
 from worker.stats import BatchTimes, ModelStatistics
 from worker.tiers import DISK, REMOTE
-from worker.triton_config import triton_model_config
+from worker.triton_config import PLATFORMS, triton_model_config
 from worker.warmup import warm_up_process
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "affinity-serve-worker"
 EXTENSIONS = ("model_repository", "statistics", "binary_tensor_data")
-PLATFORM = "pytorch_safetensors"
 
 Key = tuple[str, str]
 
@@ -197,7 +196,7 @@ class WorkerService:
         entry = self.resolve(name, version)
         config = _usable(entry)
         versions = tuple(v.version for v in self.catalog.versions(entry.name)) if version is None else (entry.version,)
-        return ModelMetadata(entry.name, versions, PLATFORM, config.inputs, config.outputs)
+        return ModelMetadata(entry.name, versions, PLATFORMS[config.format], config.inputs, config.outputs)
 
     def model_ready(self, name: str, version: str | None) -> bool:
         status, _ = self._state(self.resolve(name, version))

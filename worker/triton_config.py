@@ -8,6 +8,9 @@ from typing import Any
 from protocol.types import TensorSpec
 from worker.model_config import ModelConfig
 
+# Each format's platform, as Triton names its own ("onnxruntime_onnx").
+PLATFORMS = {"safetensors": "pytorch_safetensors", "onnx": "onnxruntime_onnx"}
+
 
 def _tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     dims = list(spec.shape[1:] if batched else spec.shape)
@@ -22,7 +25,7 @@ def triton_model_config(name: str, config: ModelConfig) -> dict[str, Any]:
     batched = config.max_batch_size > 0
     return {
         "name": name,
-        "platform": "pytorch_safetensors",
+        "platform": PLATFORMS[config.format],
         "backend": "affinity",
         "max_batch_size": config.max_batch_size,
         "input": [_tensor(t, batched) for t in config.inputs],
