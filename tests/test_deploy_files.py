@@ -334,7 +334,9 @@ def test_dockerfile_stages_parse_and_build_one_slim_non_root_cpu_image() -> None
     # Every package the project ships is copied in, and the build context lets each copied path through.
     import tomllib
 
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert args["EXTRAS"] == "onnx" and "onnx" in project["project"]["optional-dependencies"], "ONNX models serve"
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
     copied = [i["value"].split()[0] for i in instructions if i["instruction"] == "COPY" and "--from" not in i["value"]]
     assert {p.rstrip("*") for p in packages} <= set(copied)
     allowed = [
