@@ -99,6 +99,7 @@ class Cluster:
     workers: list[Server]
     s3_endpoint: str
     job_output: str
+    rewrite: Rewrite
 
 
 class Rewrite:
@@ -250,7 +251,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, dns_serv
         proc = _start("balancer", services["balancer"], env, logdir)
         procs.append(proc)
         balancer = Server(proc, f"http://127.0.0.1:{env['AFFINITY_BALANCER_PORT']}").wait_ready()
-        yield Cluster(services, envs, zoo, models, balancer, workers, s3_endpoint, job.stdout)
+        rewrite.addresses["balancer:8000"] = balancer.id
+        yield Cluster(services, envs, zoo, models, balancer, workers, s3_endpoint, job.stdout, rewrite)
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -309,6 +311,19 @@ def test_the_admin_token_from_the_environment_guards_the_workers_repository_rout
     path = f"/v2/repository/models/{cluster.models[1]}/load"
     assert request(worker, "POST", path, {}).status == 401
     assert request(worker, "POST", path, {}, {"Authorization": f"Bearer {TOKEN}"}).status == 200
+
+
+def test_the_loadgen_service_loads_the_balancer(cluster: Cluster, tmp_path: Path) -> None:
+    """The compose file's on-demand load generator, shorter: its settings reach the balancer."""
+    service = cluster.services["loadgen"]
+    env = cluster.rewrite.env(service, AFFINITY_LOADGEN_DURATION="2", AFFINITY_LOADGEN_RATE="20")
+    assert env["AFFINITY_LOADGEN_URL"] == cluster.balancer.url
+    run = subprocess.run(
+        _command(service), env=_child_env(env), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((Path(env["AFFINITY_LOADGEN_OUT"]) / "report.json").read_text())
+    assert report["counts"]["ok"] > 0 and report["counts"]["errors"] == 0, report["counts"]
 
 
 def test_health_checks_answer_as_the_image_and_the_manifests_ask(cluster: Cluster, tmp_path: Path) -> None:

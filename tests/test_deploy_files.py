@@ -266,8 +266,11 @@ def test_kubernetes_workers_scale_and_are_found_through_a_headless_service() -> 
         assert w["spec"]["serviceName"] == "affinity-worker"
         annotations = w["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8100"
-        resources = w["spec"]["template"]["spec"]["containers"][0]["resources"]
-        assert {"cpu", "memory"} <= set(resources["requests"])
+        container = w["spec"]["template"]["spec"]["containers"][0]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        # Each pod's stable name is its id on the ring: a restarted pod gets its models back.
+        worker_id = next(e for e in container["env"] if e["name"] == "AFFINITY_WORKER_WORKER_ID")
+        assert worker_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # The balancers resolve that Service's name, on the workers' port.
     balancer_env = _config_maps()["affinity-balancer"]
     discovery = balancer_env.get("AFFINITY_BALANCER_WORKERS_DNS") or balancer_env.get("AFFINITY_BALANCER_WORKERS")
