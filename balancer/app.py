@@ -1,27 +1,42 @@
 """The balancer process: its service and fronts, wired from config, started and
 stopped as one.
 
-Resources (the upstream client, the Redis pool, the membership and index
-refresher) are opened in ``Balancer.start`` and closed in ``Balancer.stop``;
-the background task is owned and cancelled on shutdown. Signals and the drain
-sequence are ``common.lifecycle``'s.
+Resources (the upstream client, the Redis pool, discovery) are opened in
+``Balancer.start`` and closed in ``Balancer.stop``. Background tasks, each
+owned and cancelled on shutdown:
+
+    membership   discovery every ``--discovery-interval`` (twice a second until ready)
+    index        the repository index every ``--index-refresh``; it also
+                 refreshes residency and per-model replica limits
+    probes       ``/v2/health/ready`` on every member every ``--health-interval``
+    upkeep       four times a second: ejections that ran out, replica counts
+
+Signals and the drain sequence are ``common.lifecycle``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from balancer.admin import AdminService
+from balancer.budget import RetryBudget
 from balancer.config import BalancerConfig
-from balancer.discovery import StaticDiscovery
+from balancer.discovery import AddressSource, Discovery, StaticSource
 from balancer.grpc_client import GrpcUpstream
 from balancer.grpc_front import BalancerServicer
 from balancer.handlers import BalancerHandlers
+from balancer.health import HealthBook
 from balancer.http_client import HttpClient
 from balancer.index import ModelIndex
 from balancer.members import Members
 from balancer.metrics import BalancerMetrics
-from balancer.policy import make_policy
+from balancer.policy import PolicyContext, make_policy
+from balancer.prober import Prober
+from balancer.replicas import ReplicaScaler
+from balancer.residency import Residency
 from balancer.router import Router
 from balancer.service import BalancerService
 from balancer.transport import Transport
@@ -36,6 +51,20 @@ from common.rest import render_error
 
 log = logging.getLogger(__name__)
 
+UPKEEP_INTERVAL = 0.25
+
+
+def address_source(config: BalancerConfig) -> AddressSource:
+    if config.workers_dns:
+        from balancer.dns import DnsSource
+
+        return DnsSource(config.workers_dns, config.dns_resolver)
+    if config.workers_redis:
+        from balancer.redis_members import RedisSource
+
+        return RedisSource(config.workers_redis)
+    return StaticSource(config.workers)
+
 
 class Balancer:
     name = "balancer"
@@ -48,26 +77,43 @@ class Balancer:
             config.try_timeout,
             max_answer=config.max_upstream_answer,
         )
-        self.discovery = StaticDiscovery(config.workers, self.transport)
-        members = Members()
+        self.source = address_source(config)
+        self.discovery = Discovery(self.source, self.transport)
+        health = HealthBook(config.health_settings())
+        members = Members(health=health, panic_threshold=config.panic_threshold / 100)
         index = ModelIndex(members, self.transport)
         metrics = BalancerMetrics(lambda name: name in index.models, members.inflight)
+        health.on_eject = metrics.ejection
+        self.replicas = ReplicaScaler(config.replica_settings())
+        self.residency = Residency()
+        index.on_refresh.append(self._index_refreshed)
         remote = None
         if config.redis_url:
             breaker = CircuitBreaker(cooldown=config.redis_breaker_cooldown)
             remote = RedisStore(config.redis_url, config.redis_timeout, breaker)
-        policy = make_policy(config.policy, config.balance_factor)
+        context = PolicyContext(members.shares, self.residency.holds, self.replicas.counts)
+        policy = make_policy(config.policy, config.balance_factor, context)
+        budget = RetryBudget(config.retry_ratio, config.retry_floor, config.retry_window)
+        router = Router(
+            members, policy, self.transport, metrics, config.router_settings(), budget, self.replicas, self.residency
+        )
         self.grpc_upstream = GrpcUpstream(config.grpc_max_message) if config.grpc_port else None
         self.service = BalancerService(
             config=config,
             members=members,
             index=index,
-            router=Router(members, policy, self.transport, metrics, config.max_retries),
+            router=router,
             cache=ResponseCache(config.cache_size, config.cache_ttl, config.cache_max_entry, remote),
             metrics=metrics,
             grpc=self.grpc_upstream,
         )
-        self.http = HttpServer(BalancerHandlers(self.service).routes(), render_error, config.http_limits())
+        self.admin = AdminService(
+            members, index, self.transport, self.replicas, self.residency, config.policy, config.admin_token,
+            config.shutdown_timeout,
+        )  # fmt: skip
+        metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts)
+        self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
+        self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, config.http_limits())
         self.grpc: GrpcListener | None = None
         if config.grpc_port:
             self.grpc = GrpcListener(BalancerServicer(self.service).handlers(), config.grpc_max_message)
@@ -75,6 +121,28 @@ class Balancer:
         self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
         self.grpc_port: int | None = None
+
+    # what the metrics read when scraped
+
+    def _ring_size(self) -> dict[tuple[str, ...], float]:
+        members = self.service.members
+        return {("member",): float(len(members)), ("admitted",): float(len(members.loads))}
+
+    def _health_states(self) -> dict[tuple[str, ...], float]:
+        return {(w, self.admin.state(w)): 1.0 for w in self.service.members.addresses}
+
+    def _replica_counts(self) -> dict[tuple[str, ...], float]:
+        return {(m,): float(n) for m, n in self.replicas.counts.items()}
+
+    def _index_refreshed(self, index: ModelIndex) -> None:
+        self.residency.replace(index.resident_on())
+        self.replicas.set_limits({name: info.replicas for name, info in index.models.items()})
+
+    # lifecycle
+
+    def _spawn(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(loop())
+        self._tasks.add(task)
 
     async def start(self) -> None:
         await self.service.rules.start()
@@ -88,29 +156,58 @@ class Balancer:
             await self.service.rules.close()
             await self.transport.close()
             await self.service.cache.close()
+            await self.discovery.close()
             raise
-        loop = asyncio.get_running_loop()
-        self._tasks.add(loop.create_task(self._refresh()))
-        self._tasks.add(loop.create_task(self.loop_lag.run()))
+        self._spawn(self._membership)
+        self._spawn(self._index)
+        self._spawn(self._upkeep)
+        if self.config.health_interval > 0:
+            self._spawn(self.prober.run)
+        self._spawn(self.loop_lag.run)
         log.info(
-            "balancer on http://%s:%d%s routing to %d workers (policy %s, cache %s)",
+            "balancer on http://%s:%d%s, workers from %s discovery (policy %s, cache %s)",
             self.config.host, self.port, f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "",
-            len(self.config.workers), self.config.policy, "redis" if self.config.redis_url else "in-process",
+            self.source.name, self.config.policy, "redis" if self.config.redis_url else "in-process",
         )  # fmt: skip
 
     async def refresh(self) -> None:
-        """Learn the workers' ids, apply membership changes, refresh the index."""
-        self.service.members.set_members(await self.discovery.members())
+        """Learn the workers (ids, addresses, capacities), apply the changes, refresh the index."""
+        await self.refresh_members()
         await self.service.index.refresh()
 
-    async def _refresh(self) -> None:
-        """Now, then every ``index_refresh`` seconds (twice a second until ready)."""
+    async def refresh_members(self) -> None:
+        found = await self.discovery.members()
+        self.service.members.set_members(
+            {w: d.address for w, d in found.items()}, {w: d.capacity for w, d in found.items()}
+        )
+
+    async def _membership(self) -> None:
+        """Now, then every ``discovery_interval`` seconds (twice a second until ready)."""
         while True:
             try:
-                await self.refresh()
+                await self.refresh_members()
+                if not self.service.index.loaded and len(self.service.members):
+                    await self.service.index.refresh()
             except Exception:  # a bug, not an outage (outages are handled inside): say so, keep going
-                log.exception("membership or index refresh failed")
-            await asyncio.sleep(self.config.index_refresh if self.service.ready else 0.5)
+                log.exception("membership refresh failed")
+            ready = self.service.ready
+            await asyncio.sleep(
+                min(self.config.discovery_interval, 0.5) if not ready else self.config.discovery_interval
+            )
+
+    async def _index(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.index_refresh)
+            try:
+                await self.service.index.refresh()
+            except Exception:
+                log.exception("index refresh failed")
+
+    async def _upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(UPKEEP_INTERVAL)
+            self.service.members.health.tick()
+            self.replicas.tick()
 
     def begin_drain(self) -> None:
         self.service.draining = True
@@ -132,6 +229,7 @@ class Balancer:
         await self.service.flights.cancel_all()
         await self.service.rules.close()
         await self.service.cache.close()
+        await self.discovery.close()
         await self.transport.close()
         if self.grpc_upstream is not None:
             await self.grpc_upstream.close()

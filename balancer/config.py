@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from balancer.dns import split_host_port
+from balancer.health import HealthSettings
+from balancer.policy import POLICIES
+from balancer.replicas import ReplicaSettings
+from balancer.router import RouterSettings
 from common.http_limits import HttpLimits
 
-POLICIES = ("affinity", "consistent")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 
 
@@ -27,13 +31,18 @@ def worker_url(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BalancerConfig:
-    workers: tuple[str, ...]
+    workers: tuple[str, ...] = ()  # static discovery: worker base URLs
+    workers_dns: str | None = None  # DNS discovery: name:port
+    dns_resolver: str | None = None  # host:port of the DNS server to ask (default: the system's)
+    workers_redis: str | None = None  # Redis discovery: the registry's URL
+    discovery_interval: float = 5.0  # seconds between membership refreshes
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 8001  # 0: no gRPC front
     grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     policy: str = "affinity"
     balance_factor: float = 1.25
+    admin_token: str | None = None
     redis_url: str | None = None
     cache_size: int = 256 << 20
     cache_ttl: float = 3600
@@ -48,7 +57,26 @@ class BalancerConfig:
     max_upstream_answer: int = 64 << 20
     connect_timeout: float = 1.0
     try_timeout: float = 60.0
+    request_timeout: float = 60.0  # a request's deadline unless it sends X-Request-Timeout
     max_retries: int = 2
+    retry_ratio: float = 0.2  # retries at most this share of requests over the window ...
+    retry_floor: float = 10.0  # ... plus this many a second
+    retry_window: float = 10.0
+    max_inflight: int = 4096  # requests in flight through the balancer; past it, 503
+    max_inflight_per_worker: int = 256  # per worker; past it, 503
+    health_interval: float = 1.0  # seconds between probes of /v2/health/ready (0: no probes)
+    health_timeout: float = 1.0
+    healthy_threshold: int = 2  # probes passed in a row to come back
+    unhealthy_threshold: int = 3  # probes failed in a row to go down
+    eject_after: int = 5  # failed tries in a row that eject a worker
+    ejection_time: float = 30.0  # first ejection; doubles each time in a row
+    max_ejection_time: float = 300.0
+    max_ejected: float = 25.0  # percent of workers that may be ejected at once (at least one)
+    panic_threshold: float = 50.0  # percent: below it, fail fast for models whose owner is out (0: never)
+    max_replicas: int = 4  # default cap on a hot model's replicas
+    replica_inflight: float = 8.0  # sustained requests in flight per replica that add one
+    replica_sustain: float = 3.0  # seconds a model must stay that hot
+    replica_cooldown: float = 30.0  # seconds it must stay cool before a replica goes
     index_refresh: float = 10.0
     upstream_connections: int = 512
     shutdown_timeout: float = 30.0
@@ -64,9 +92,15 @@ class BalancerConfig:
         )
 
     def __post_init__(self) -> None:
-        if not self.workers:
-            raise ValueError("at least one worker is needed (--workers http://host:port,...)")
+        if not (self.workers or self.workers_dns or self.workers_redis):
+            raise ValueError("name the workers: --workers http://host:port,..., --workers-dns or --workers-redis")
         object.__setattr__(self, "workers", tuple(dict.fromkeys(worker_url(u) for u in self.workers)))
+        if self.workers_dns is not None:
+            split_host_port(self.workers_dns, "--workers-dns")
+        if self.dns_resolver is not None:
+            split_host_port(self.dns_resolver, "--dns-resolver")
+        if self.workers_redis is not None and not self.workers_redis.startswith(REDIS_SCHEMES[:3]):
+            raise ValueError("--workers-redis takes a redis:// URL")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         if self.balance_factor <= 0:
@@ -77,9 +111,36 @@ class BalancerConfig:
             raise ValueError("the gRPC message limit must be positive")
         if self.max_retries < 0 or self.cache_ttl < 1 or self.try_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("retries, TTL and timeouts must be positive")
+        if not self.request_timeout > 0 or not self.discovery_interval > 0 or not self.health_timeout > 0:
+            raise ValueError("the request timeout, discovery interval and health timeout must be positive")
+        if self.health_interval < 0 or self.max_inflight < 1 or self.max_inflight_per_worker < 1:
+            raise ValueError("the health interval cannot be negative; in-flight caps must be at least 1")
+        if not 0 <= self.max_ejected <= 100 or not 0 <= self.panic_threshold <= 100:
+            raise ValueError("--max-ejected and --panic-threshold are percentages")
         if self.drain_delay < 0:
             raise ValueError("drain delay cannot be negative")
         if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
             raise ValueError(f"redis URL must start with one of {', '.join(REDIS_SCHEMES)}")
         if self.cache_lock_timeout <= 0 or self.redis_timeout <= 0 or self.redis_breaker_cooldown <= 0:
             raise ValueError("the cache lock timeout, Redis timeout and breaker cooldown must be positive")
+        if self.admin_token is not None and not self.admin_token.strip():
+            object.__setattr__(self, "admin_token", None)
+        # the parts' own settings check the rest
+        self.health_settings()
+        self.replica_settings()
+
+    def health_settings(self) -> HealthSettings:
+        return HealthSettings(
+            eject_after=self.eject_after,
+            ejection_time=self.ejection_time,
+            max_ejection_time=self.max_ejection_time,
+            max_ejected_share=self.max_ejected / 100,
+            rise=self.healthy_threshold,
+            fall=self.unhealthy_threshold,
+        )
+
+    def replica_settings(self) -> ReplicaSettings:
+        return ReplicaSettings(self.max_replicas, self.replica_inflight, self.replica_sustain, self.replica_cooldown)
+
+    def router_settings(self) -> RouterSettings:
+        return RouterSettings(self.max_retries, self.try_timeout, self.max_inflight, self.max_inflight_per_worker)

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from balancer.admin import AdminService
 from balancer.plan import Answer, InferCall
 from balancer.service import BalancerService
+from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
+from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
+from protocol.errors import BadRequest
+from protocol.json_body import loads_object
 from protocol.stats import stats_body
 
 BINARY_HEADER = binary_codec.HEADER_KEY
+TIMEOUT_HEADER = REQUEST_TIMEOUT_HEADER.lower()
 
 
 def render(answer: Answer) -> Response:
@@ -31,11 +37,13 @@ async def _render_later(pending: Awaitable[Answer]) -> Response:
 
 
 class BalancerHandlers:
-    def __init__(self, service: BalancerService) -> None:
+    def __init__(self, service: BalancerService, admin: AdminService) -> None:
         self.service = service
+        self.admin = admin
+        self.token = admin.admin_token
 
     def routes(self) -> Router:
-        return v2_router(
+        router = v2_router(
             V2Handlers(
                 infer=self.infer,
                 live=self.live,
@@ -47,13 +55,21 @@ class BalancerHandlers:
                 repository_index=self.repository_index,
                 metrics=self.metrics,
                 model_stats=self.model_stats,
+                repository_load=self.repository_load,
+                repository_unload=self.repository_unload,
             )
         )
+        router.add("POST", "/admin/workers/{worker}/drain", self.drain)
+        router.add("POST", "/admin/workers/{worker}/undrain", self.undrain)
+        router.add("GET", "/admin/cluster", self.cluster)
+        return router
 
     def infer(self, request: Request) -> Response | Awaitable[Response]:
         headers = request.headers
         match = request.match
         length = headers.get(BINARY_HEADER)
+        given = headers.get(TIMEOUT_HEADER)
+        timeout = parse_request_timeout(given) if given is not None else None
         if length is None:
             call = InferCall(
                 match["name"],
@@ -61,6 +77,7 @@ class BalancerHandlers:
                 request.body,
                 headers.get("content-type", JSON),
                 headers.get("cache-control"),
+                timeout=timeout,
             )
         else:  # the binary tensor data extension: forwarded as it came, keyed from its raw bytes
             call = InferCall(
@@ -71,6 +88,7 @@ class BalancerHandlers:
                 headers.get("cache-control"),
                 encoding="binary",
                 header_length=binary_codec.header_length(length),
+                timeout=timeout,
             )
         outcome = self.service.infer(call)
         return render(outcome) if isinstance(outcome, Answer) else _render_later(outcome)
@@ -107,3 +125,31 @@ class BalancerHandlers:
 
     def metrics(self, request: Request) -> Response:
         return Response(200, self.service.render_metrics(), METRICS_TYPE)
+
+    # admin: every route checks the token first (when one is set)
+
+    async def repository_load(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(await self.admin.repository(request.match["name"], "load", request.body))
+
+    async def repository_unload(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(await self.admin.repository(request.match["name"], "unload", request.body))
+
+    async def drain(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        timeout = None
+        if request.body.strip():
+            value = loads_object(request.body).get("timeout")
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+                raise BadRequest("'timeout' must be a number of seconds")
+            timeout = float(value) if value is not None else None
+        return json_response(await self.admin.drain(request.match["worker"], timeout))
+
+    def undrain(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(self.admin.undrain(request.match["worker"]))
+
+    def cluster(self, request: Request) -> Response:
+        check_admin(request.headers, self.token)
+        return json_response(self.admin.cluster())

@@ -249,6 +249,7 @@ class HttpClient:
         body: bytes | None = None,
         content_type: str | None = None,
         headers: dict[str, str] | None = None,
+        try_timeout: float | None = None,
     ) -> UpstreamResponse:
         pool = self._pool(base_url)
         payload = body or b""
@@ -260,6 +261,8 @@ class HttpClient:
         for name, value in (headers or {}).items():
             head += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         data = head + b"\r\n" + payload
+        if try_timeout is None:
+            try_timeout = self.try_timeout
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
@@ -270,13 +273,13 @@ class HttpClient:
                 conn = await self._connect(pool)
             try:
                 try:
-                    response = await conn.request(data, self.try_timeout)
+                    response = await conn.request(data, try_timeout)
                 except UpstreamError as exc:
                     if not (reused and exc.kind == "reset" and not conn.got_bytes):
                         raise
                     conn.close()  # a stale keep-alive socket: once more on a fresh one
                     conn = await self._connect(pool)
-                    response = await conn.request(data, self.try_timeout)
+                    response = await conn.request(data, try_timeout)
             except BaseException:
                 conn.close()
                 raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -37,6 +38,7 @@ class ModelInfo:
     # workers disagree on the weights (a rollout in progress): not cached then.
     scopes: dict[str, KeyScope] = field(default_factory=dict)
     cache_ttl: float | None = None
+    replicas: tuple[int, int | None] = (1, None)  # (min, max) hot-model replicas; max None: the default
 
     def scope(self, version: str) -> KeyScope | None:
         """The cache scope of a version's answers, None when they must not be cached."""
@@ -55,6 +57,16 @@ class ModelIndex:
         self.loaded = False
         self._last_refresh = float("-inf")
         self._flight: SingleFlight[None] = SingleFlight()
+        self.on_refresh: list[Callable[[ModelIndex], None]] = []  # told after each refresh that got answers
+
+    def resident_on(self) -> dict[str, set[str]]:
+        """Per model, the workers that reported any of its versions resident."""
+        found: dict[str, set[str]] = {}
+        for row in self.rows:
+            on = row.get("resident_on")
+            if isinstance(on, list):
+                found.setdefault(str(row["name"]), set()).update(str(w) for w in on)
+        return found
 
     def get(self, name: str) -> ModelInfo | None:
         return self.models.get(name)
@@ -90,6 +102,8 @@ class ModelIndex:
             return
         self.models, self.rows = merge([row for rows in answered for row in rows])
         self.loaded = True
+        for hook in self.on_refresh:
+            hook(self)
 
 
 # A combined row shows the worst state any worker reports: a version whose load
@@ -103,6 +117,7 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
     deterministic: dict[str, bool] = {}
     cacheable: dict[str, bool] = {}
     ttl: dict[str, float | None] = {}
+    replicas: dict[str, tuple[int, int | None]] = {}
     weights: dict[tuple[str, str], set[str]] = {}
     combined: dict[tuple[str, str], dict[str, object]] = {}
     for worker_id, entry in rows:
@@ -111,6 +126,8 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
         cacheable[entry.name] = cacheable.get(entry.name, True) and entry.cacheable
         if entry.cache_ttl is not None:
             ttl[entry.name] = min(entry.cache_ttl, ttl.get(entry.name) or entry.cache_ttl)
+        if entry.min_replicas > 1 or entry.max_replicas is not None:
+            replicas[entry.name] = (entry.min_replicas, entry.max_replicas)
         if entry.sha256:
             weights.setdefault((entry.name, entry.version), set()).add(entry.sha256)
         row = combined.setdefault((entry.name, entry.version), {**entry.to_json(), "resident_on": []})
@@ -128,6 +145,7 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
             cacheable[name],
             {v: KeyScope(name, v, next(iter(weights[name, v]))) for v in vs if len(weights.get((name, v), ())) == 1},
             ttl.get(name),
+            replicas.get(name, (1, None)),
         )
         for name, vs in versions.items()
     }

@@ -1,17 +1,34 @@
-"""Worker membership: who the workers are, where they listen, what each is doing.
+"""Worker membership: who the workers are, where they listen, which may take requests.
 
-One object owns the ring and the in-flight counts, keyed by each worker's
-stable id (never its URL). Membership changes arrive as a whole mapping
-``{id: WorkerAddress}`` and are applied as diffs (only models owned by a worker
-that left or joined move). Callers pair ``begin`` and ``end`` in
-``try/finally``, so a cancelled request still releases its slot.
+One object owns the ring, the in-flight counts and admission, keyed by each
+worker's stable id (never its URL). Membership changes arrive as a whole
+mapping ``{id: WorkerAddress}`` (with capacities) and are applied as diffs:
+only models owned by a worker that left or joined move.
+
+A member is *admitted* (a routing candidate) when its health says so
+(``balancer.health``) and no operator is draining it. Whatever changes
+admission recomputes, once, what the hot path reads: ``loads`` (in-flight
+counts of admitted workers), ``shares`` (each one's share of the admitted
+capacity) and the per-model candidate lists (the ring's preference list less
+workers not admitted), so a request costs dictionary lookups.
+
+Panic threshold: when fewer than ``panic_threshold`` of the members (not
+counting drained ones) are admitted, ``panic`` is set and the router fails
+fast for models whose owner is out rather than pile every model onto the
+survivors (Envoy's panic threshold, taken the other way on purpose: piling
+the whole catalogue onto a few workers evicts everything they hold).
+
+Callers pair ``begin`` and ``end`` in ``try/finally``, so a cancelled request
+still releases its slot.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from balancer.health import HealthBook
 from balancer.ring import HashRing
 
 
@@ -24,23 +41,57 @@ class WorkerAddress:
 
 
 class Members:
-    def __init__(self, workers: Mapping[str, WorkerAddress] | None = None) -> None:
+    def __init__(
+        self,
+        workers: Mapping[str, WorkerAddress] | None = None,
+        health: HealthBook | None = None,
+        panic_threshold: float = 0.5,
+    ) -> None:
         self.ring = HashRing()
+        self.health = health or HealthBook()
+        self.health.on_change = self.readmit
+        self.panic_threshold = panic_threshold
         self.addresses: dict[str, WorkerAddress] = {}
-        self.inflight: dict[str, int] = {}
+        self.capacities: dict[str, int] = {}  # bytes, as each worker reports (0: unknown)
+        self.inflight: dict[str, int] = {}  # every member
+        self.loads: dict[str, int] = {}  # admitted members only: what policies see
+        self.shares: dict[str, float] = {}  # admitted members' share of the admitted capacity
+        self.drained: set[str] = set()
+        self.panic = False
+        self._candidates: dict[str, tuple[str, ...]] = {}
+        self._idle: dict[str, asyncio.Event] = {}  # drained workers someone waits on
         self.set_members(workers or {})
 
-    def set_members(self, workers: Mapping[str, WorkerAddress]) -> None:
-        for worker_id in list(self.addresses):
-            if worker_id not in workers:
-                self.ring.remove(worker_id)
-                del self.addresses[worker_id]
-                self.inflight.pop(worker_id, None)
+    def set_members(self, workers: Mapping[str, WorkerAddress], capacities: Mapping[str, int] | None = None) -> None:
+        for worker_id in [w for w in self.addresses if w not in workers]:
+            del self.addresses[worker_id]
+            self.inflight.pop(worker_id, None)
+            self.capacities.pop(worker_id, None)
+            self.drained.discard(worker_id)
+            self._idle.pop(worker_id, None)
         for worker_id, address in workers.items():
-            if worker_id not in self.addresses:
-                self.inflight.setdefault(worker_id, 0)
-                self.ring.add(worker_id)
+            self.inflight.setdefault(worker_id, 0)
             self.addresses[worker_id] = address
+            if capacities is not None and worker_id in capacities:
+                self.capacities[worker_id] = capacities[worker_id]
+        self.ring.set_nodes({w: float(self.capacities.get(w, 0)) for w in self.addresses})
+        self.health.sync(self.addresses)
+        self.readmit()
+
+    def readmit(self) -> None:
+        """Recompute admission and what the hot path reads from it."""
+        admitted = [w for w in self.addresses if w not in self.drained and self.health.admitted(w)]
+        self.loads.clear()
+        self.loads.update((w, self.inflight.get(w, 0)) for w in admitted)
+        known = [self.capacities.get(w, 0) for w in admitted]
+        fallback = min((c for c in known if c > 0), default=1)
+        weights = {w: float(self.capacities.get(w, 0) or fallback) for w in admitted}
+        total = sum(weights.values()) or 1.0
+        self.shares.clear()
+        self.shares.update((w, c / total) for w, c in weights.items())
+        self._candidates.clear()
+        eligible = len(self.addresses) - len(self.drained)
+        self.panic = eligible > 0 and len(admitted) < self.panic_threshold * eligible
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -48,12 +99,67 @@ class Members:
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self.addresses
 
+    def admitted(self, worker_id: str) -> bool:
+        return worker_id in self.loads
+
     def preference_list(self, model: str) -> tuple[str, ...]:
+        """Every member in ring order from the model's hash, admitted or not."""
         return self.ring.preference_list(model)
+
+    def candidates(self, model: str) -> tuple[str, ...]:
+        """Admitted members in ring order from the model's hash (may be empty)."""
+        found = self._candidates.get(model)
+        if found is None:
+            loads = self.loads
+            found = tuple(w for w in self.ring.preference_list(model) if w in loads) if loads else ()
+            self._candidates[model] = found
+        return found
+
+    def owner_out(self, model: str) -> bool:
+        """Whether the model's owner on the whole ring is not admitted."""
+        return self.ring.preference_list(model)[0] not in self.loads
 
     def begin(self, worker_id: str) -> None:
         self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
+        loads = self.loads
+        if worker_id in loads:
+            loads[worker_id] += 1
 
     def end(self, worker_id: str) -> None:
-        if worker_id in self.inflight:  # the worker may have left meanwhile
-            self.inflight[worker_id] -= 1
+        count = self.inflight.get(worker_id)
+        if count is None:  # the worker left meanwhile
+            return
+        self.inflight[worker_id] = count - 1
+        loads = self.loads
+        if worker_id in loads:
+            loads[worker_id] -= 1
+        if count == 1 and self._idle:
+            event = self._idle.get(worker_id)
+            if event is not None:
+                event.set()
+
+    # operator drain
+
+    def drain(self, worker_id: str) -> None:
+        """No new requests to this worker (those in flight finish)."""
+        self.drained.add(worker_id)
+        self.readmit()
+
+    def undrain(self, worker_id: str) -> None:
+        self.drained.discard(worker_id)
+        self._idle.pop(worker_id, None)
+        self.readmit()
+
+    async def wait_idle(self, worker_id: str, within: float) -> bool:
+        """Wait (bounded) until the worker has nothing in flight; whether it got there."""
+        if not self.inflight.get(worker_id):
+            return True
+        event = self._idle.setdefault(worker_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(within):
+                while self.inflight.get(worker_id):
+                    event.clear()
+                    await event.wait()
+            return True
+        except TimeoutError:
+            return False

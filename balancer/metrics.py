@@ -50,7 +50,21 @@ class BalancerMetrics:
                 lambda: {(w,): float(n) for w, n in counts.items()},
             )
         )
-        self._decisions = {d: self.decisions.labels(d) for d in ("primary", "spill", "retry")}
+        self._decisions = {d: self.decisions.labels(d) for d in ("primary", "spill", "resident_spill", "retry")}
+        self.retries = r.counter("affinity_retries", "Tries sent to another worker, by what failed.", ["reason"])
+        self.retries_denied = r.counter(
+            "affinity_retries_denied",
+            "Retries not sent: the retry budget was spent or the deadline passed.",
+            ["reason"],
+        )
+        self.ejections = r.counter(
+            "affinity_worker_ejections",
+            "Workers taken out of rotation: outlier (failed tries in a row) or probe (failed health checks).",
+            ["worker", "reason"],
+        )
+        self.shed_total = r.counter(
+            "affinity_shed", "Requests refused with 503 at an in-flight cap (total or per worker).", ["limit"]
+        )
         self._hits: dict[tuple[str, str], CounterChild] = {}
         self._misses: dict[str, CounterChild] = {}
 
@@ -83,6 +97,36 @@ class BalancerMetrics:
 
     def upstream_try(self, worker: str, seconds: float) -> None:
         self.upstream.labels(worker).observe(seconds)
+
+    def watch_cluster(
+        self,
+        ring_size: Callable[[], dict[tuple[str, ...], float]],
+        health: Callable[[], dict[tuple[str, ...], float]],
+        replicas: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        """Gauges read from the membership when scraped."""
+        self.registry.add(
+            CallbackGauge("affinity_ring_size", "Workers on the ring, and how many are admitted.", ["state"], ring_size)
+        )
+        self.registry.add(
+            CallbackGauge(
+                "affinity_worker_health", "1 for each worker's state: healthy, ejected, down, draining.",
+                ["worker", "state"], health,
+            )
+        )  # fmt: skip
+        self.registry.add(CallbackGauge("affinity_model_replicas", "Replicas of hot models.", ["model"], replicas))
+
+    def retry(self, reason: str) -> None:
+        self.retries.labels(reason).value += 1
+
+    def retry_denied(self, reason: str) -> None:
+        self.retries_denied.labels(reason).value += 1
+
+    def ejection(self, worker: str, reason: str) -> None:
+        self.ejections.labels(worker, reason).value += 1
+
+    def shed(self, limit: str) -> None:
+        self.shed_total.labels(limit).value += 1
 
     def route(self, decision: str) -> None:
         self._decisions[decision].value += 1

@@ -18,7 +18,8 @@ class InferCall:
     encoding  json    REST, a JSON body
               binary  REST, the binary extension (``header_length`` set)
               grpc    a serialised ModelInferRequest (``message``: it parsed)
-    ``timeout``: the seconds the caller's deadline leaves (gRPC), None for none."""
+    ``timeout``: the seconds the caller's deadline leaves (gRPC, or REST's X-Request-Timeout),
+    None for the balancer's default."""
 
     model: str
     version: str | None

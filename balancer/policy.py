@@ -1,21 +1,49 @@
 """Routing policies: ``choose(model, candidates, loads) -> worker id``.
 
-``candidates`` is the model's preference list (ring order, healthy workers not
-yet tried for this request); ``loads`` maps every healthy worker to its
-in-flight count. Policies are small, pure and chosen by name.
+``candidates`` is the model's preference list: admitted (healthy, not
+draining) workers not yet tried for this request, in ring order from the
+model's hash; ``loads`` maps every admitted worker to its in-flight count.
+Policies are small, pure and chosen by name (``--policy``); what a policy
+needs beyond its arguments (capacity shares, residency, replica counts) it is
+given at construction as live read-only views that the balancer updates in
+place.
+
+    consistent    the ring owner, always (the baseline)
+    affinity      bounded load over the ring, hot-model replicas, residency-aware spill
+    round-robin   each worker in turn
+    least-loaded  the fewest in flight per unit of capacity
+    random        uniform
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
+
+POLICIES = ("affinity", "consistent", "round-robin", "least-loaded", "random")
+SPILL_WINDOW = 3  # how many spill candidates past the home set are searched for a resident one
 
 
 class RoutingPolicy(Protocol):
     name: str
 
     def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """Live views a policy may read: each worker's share of the admitted capacity
+    (absent: an equal share), which workers hold which model in memory, and each
+    hot model's replica count (absent: 1)."""
+
+    shares: Mapping[str, float] = field(default_factory=dict)
+    holds: Callable[[str, str], bool] = lambda model, worker: False
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
 
 
 class ConsistentPolicy:
@@ -28,34 +56,150 @@ class ConsistentPolicy:
         return candidates[0]
 
 
+class RoundRobinPolicy:
+    """Each request to the next worker: ignores models, so every worker ends up
+    loading every model (the baseline for the cost of no affinity)."""
+
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._turn = itertools.count()
+
+    def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
+        return candidates[next(self._turn) % len(candidates)]
+
+
+class RandomPolicy:
+    name = "random"
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
+        return candidates[self._rng.randrange(len(candidates))]
+
+
+class LeastLoadedPolicy:
+    """The candidate with the fewest requests in flight per unit of capacity; ties
+    go to ring order (so an idle cluster still keeps some affinity)."""
+
+    name = "least-loaded"
+
+    def __init__(self, shares: Mapping[str, float]) -> None:
+        self._shares = shares
+
+    def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
+        shares = self._shares
+        return min(candidates, key=lambda w: loads.get(w, 0) / (shares.get(w) or 1.0))
+
+
 class BoundedLoadPolicy:
     """Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
-    2016; HAProxy's hash-balance-factor): take the first candidate in ring
-    order whose in-flight count is below ceil((1+e) x (total in-flight + 1) /
-    healthy workers), counting the request being placed. Spill walks on along
-    the ring, so a hot model's overflow lands on the same next workers each time
-    (sticky spill). Failure mode: with e large it degrades to ``consistent``;
-    with e near 0 it degrades towards least-loaded and affinity is lost."""
+    2016; HAProxy's hash-balance-factor): a worker may take the request while its
+    in-flight count is below ceil((1+e) x (total in-flight + 1) x its share of the
+    admitted capacity), counting the request being placed. The model's home (its
+    owner) takes it when under its cap; otherwise ``spill`` walks on along the
+    ring, so a hot model's overflow lands on the same next workers each time
+    (sticky spill). When every candidate is at its cap, the least loaded one.
+    Failure mode: with e large it degrades to ``consistent``; with e near 0 it
+    degrades towards least-loaded and affinity is lost."""
+
+    name = "bounded"
+
+    def __init__(self, balance_factor: float = 1.25, context: PolicyContext | None = None) -> None:
+        self.balance_factor = balance_factor
+        self.context = context or PolicyContext()
+
+    def share(self, worker: str, loads: Mapping[str, int]) -> float:
+        return self.context.shares.get(worker) or 1.0 / max(len(loads), 1)
+
+    def cap(self, loads: Mapping[str, int], worker: str | None = None) -> int:
+        """The cap of ``worker`` (of an equal-share worker when None)."""
+        share = self.share(worker, loads) if worker is not None else 1.0 / max(len(loads), 1)
+        return math.ceil(self.balance_factor * (sum(loads.values()) + 1) * share)
+
+    def home(self, model: str, candidates: Sequence[str]) -> Sequence[str]:
+        """The workers a model belongs on: its owner."""
+        return candidates[:1]
+
+    def spill(self, model: str, rest: Sequence[str], fits: Callable[[str], bool]) -> str | None:
+        """Where the request goes when its home is full: the next worker in ring order under its cap."""
+        return next((w for w in rest if fits(w)), None)
+
+    def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
+        scale = self.balance_factor * (sum(loads.values()) + 1)
+        equal = 1.0 / (len(loads) or 1)
+        shares = self.context.shares
+        home = self.home(model, candidates)
+        if len(home) == 1:  # the common case, without a closure: the owner under its cap
+            owner = home[0]
+            if loads.get(owner, 0) < math.ceil(scale * (shares.get(owner) or equal)):
+                return owner
+
+        def room(worker: str) -> float:
+            """Cap minus load: positive when the worker may take the request."""
+            return math.ceil(scale * (shares.get(worker) or equal)) - loads.get(worker, 0)
+
+        if len(home) > 1:
+            best = max(home, key=room)  # the first in ring order among equals
+            if room(best) > 0:
+                return best
+        chosen = self.spill(model, candidates[len(home) :], lambda w: room(w) > 0)
+        if chosen is not None:
+            return chosen
+        return min(candidates, key=lambda w: loads.get(w, 0) / (shares.get(w) or equal))
+
+
+class ReplicasMixin:
+    """Hot-model replicas: a model's home is its first ``replicas[model]`` workers
+    in ring order (1 unless the replica scaler grew it), and the least loaded of
+    them under its cap takes the request. A cold model stays on its owner."""
+
+    context: PolicyContext
+
+    def home(self, model: str, candidates: Sequence[str]) -> Sequence[str]:
+        return candidates[: self.context.replicas.get(model, 1)]
+
+
+class ResidentSpillMixin:
+    """Residency-aware spill: among the first ``SPILL_WINDOW`` workers past the home
+    set that are under their cap, prefer one that already holds the model in
+    memory, so a spill costs a queue wait instead of a cold load; with none, the
+    plain ring order. Ray Serve's multiplexed routing prefers resident replicas
+    but drops consistent hashing; this keeps both."""
+
+    context: PolicyContext
+
+    def spill(self, model: str, rest: Sequence[str], fits: Callable[[str], bool]) -> str | None:
+        holds = self.context.holds
+        window = []
+        for worker in rest:
+            if fits(worker):
+                if holds(model, worker):
+                    return worker
+                window.append(worker)
+                if len(window) == SPILL_WINDOW:
+                    break
+        return window[0] if window else None
+
+
+class AffinityPolicy(ResidentSpillMixin, ReplicasMixin, BoundedLoadPolicy):
+    """The default: bounded load over the capacity-weighted ring, with hot-model
+    replicas and residency-aware spill."""
 
     name = "affinity"
 
-    def __init__(self, balance_factor: float = 1.25) -> None:
-        self.balance_factor = balance_factor
 
-    def cap(self, loads: Mapping[str, int]) -> int:
-        return math.ceil(self.balance_factor * (sum(loads.values()) + 1) / max(len(loads), 1))
-
-    def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
-        cap = self.cap(loads)
-        for worker in candidates:
-            if loads.get(worker, 0) < cap:
-                return worker
-        return min(candidates, key=lambda w: loads.get(w, 0))
-
-
-def make_policy(name: str, balance_factor: float) -> RoutingPolicy:
+def make_policy(name: str, balance_factor: float, context: PolicyContext | None = None) -> RoutingPolicy:
+    context = context or PolicyContext()
     if name == "affinity":
-        return BoundedLoadPolicy(balance_factor)
+        return AffinityPolicy(balance_factor, context)
     if name == "consistent":
         return ConsistentPolicy()
-    raise ValueError(f"unknown routing policy {name!r}")
+    if name == "round-robin":
+        return RoundRobinPolicy()
+    if name == "least-loaded":
+        return LeastLoadedPolicy(context.shares)
+    if name == "random":
+        return RandomPolicy(context.rng)
+    raise ValueError(f"unknown routing policy {name!r}; choose from {', '.join(POLICIES)}")

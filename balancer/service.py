@@ -211,12 +211,16 @@ class BalancerService:
             found = await self._computed_elsewhere(plan)
             if found is not None:
                 return found
+        timeout = call.timeout if call.timeout is not None else self.config.request_timeout
+        deadline = time.monotonic() + timeout
         if call.encoding == "grpc":
-            resp, worker = await self._grpc_upstream(plan, call)
+            resp, worker = await self._grpc_upstream(plan, call, deadline)
         else:
             extra = None if call.header_length is None else {binary_codec.HEADER: str(call.header_length)}
             path = plan.upstream_path
-            resp, worker = await self.router.send(plan.model, "POST", path, call.body, call.content_type, extra)
+            resp, worker = await self.router.send(
+                plan.model, "POST", path, call.body, call.content_type, extra, deadline
+            )
         result = Upstream(resp, worker, plan.request_id)
         if plan.lookup or plan.store:  # the id-free body is needed only to store or to share
             content_type = resp.headers.get("Content-Type", "")
@@ -224,24 +228,21 @@ class BalancerService:
             result.stripped = self.rules.keep(plan, resp.status, content_type, resp.body, worker, length)
         return result
 
-    async def _grpc_upstream(self, plan: RequestPlan, call: InferCall) -> tuple[UpstreamResponse, str]:
+    async def _grpc_upstream(self, plan: RequestPlan, call: InferCall, deadline: float) -> tuple[UpstreamResponse, str]:
         """The gRPC message, forwarded as it came to the workers' gRPC ports, with the
-        router's policy and retries; each try gets what the caller's deadline leaves."""
+        router's policy and retries; each try gets what the deadline leaves
+        (``time.monotonic()`` seconds: the caller's, or the balancer's default)."""
         client, addresses = self.grpc, self.members.addresses
         assert client is not None, "a gRPC call needs the gRPC client"
         try_timeout = self.config.try_timeout
-        loop = asyncio.get_running_loop()
-        deadline = None if call.timeout is None else loop.time() + call.timeout
 
         def attempt(worker: str) -> Awaitable[UpstreamResponse]:
-            timeout = try_timeout
-            if deadline is not None:
-                timeout = min(timeout, deadline - loop.time())
-                if timeout <= 0:
-                    raise DeadlineExceeded("the request's deadline passed")
+            timeout = min(try_timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise DeadlineExceeded("the request's deadline passed")
             return client.infer(addresses[worker].grpc, call.body, timeout)
 
-        return await self.router.call(plan.model, attempt)
+        return await self.router.call(plan.model, attempt, deadline)
 
     async def _computed_elsewhere(self, plan: RequestPlan) -> Upstream | None:
         """Coalescing across balancers: when another balancer holds the key's lock,
@@ -316,7 +317,9 @@ class BalancerService:
         return self.index.loaded and len(self.members) > 0 and not self.draining
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        await self.index.refresh()
+        """From the cached index (refreshed on a schedule), never a fan-out per request."""
+        if not self.index.loaded:
+            await self.index.refresh()
         if not self.index.loaded:
             raise UpstreamUnavailable("no worker answered the repository index")
         return [r for r in self.index.rows if not ready_only or r["state"] == "READY"]

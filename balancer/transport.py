@@ -32,6 +32,9 @@ class Transport(Protocol):
         body: bytes | None = None,
         content_type: str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> UpstreamResponse: ...
+        try_timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """``headers``: extra request headers; ``try_timeout``: this try's limit (default: the client's)."""
+        ...
 
     async def close(self) -> None: ...

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from balancer.policy import POLICIES
 from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
 from cli import models as models_cli
@@ -61,6 +62,10 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--load-wait", "seconds a load waits for room held by models in use (then 503)", type=float, default=30.0)
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
+    f.add("--capacity", "capacity reported to balancers, its ring weight (0: the CPU budget)", type=size, default="0")
+    f.add("--register-redis", "keep a registration (heartbeat key with a TTL) in this Redis for balancers to find")
+    f.add("--register-ttl", "seconds a registration outlives its last heartbeat", type=float, default=10.0)
+    f.add("--advertise", "base URL balancers reach this worker at (default http://host:port)", default="")
     f.add("--log-level", "log level", default="INFO")
     p.set_defaults(run=_run_worker)
 
@@ -68,13 +73,19 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
 def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("balancer", help="run the balancer in front of running workers")
     f = Flags(p, "balancer")
-    f.add("--workers", "comma-separated worker URLs (http://host:port,...)", required=True)
+    f.add("--workers", "static discovery: comma-separated worker URLs (http://host:port,...)", default="")
+    f.add("--workers-dns", "DNS discovery: name:port, every A record of name is a worker (re-resolved)")
+    f.add("--dns-resolver", "the DNS server to ask, host:port (default: the system resolver)")
+    f.add("--workers-redis", "Redis discovery: the registry workers register in (--register-redis)")
+    f.add("--discovery-interval", "seconds between membership refreshes", type=float, default=5.0)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "HTTP port", type=int, default=8000)
     f.add("--grpc-port", "gRPC port (0: no gRPC front)", type=int, default=8001)
     f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
-    f.add("--policy", "routing policy: affinity (bounded load) or consistent", default="affinity")
+    f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
     f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
+    f.add("--admin-token", "token the admin routes require, sent to the workers' repository routes",
+          env=ADMIN_TOKEN_ENV, secret=True)  # fmt: skip
     f.add("--redis-url", "Redis URL for the shared cache layer (redis+cluster://host:port for a cluster)")
     f.add("--cache-size", "in-process cache size", type=size, default="256MiB")
     f.add(
@@ -96,7 +107,27 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--max-upstream-answer", "largest answer read from a worker", type=size, default="64MiB")
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)
     f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)
+    f.add("--request-timeout", "a request's deadline unless it sends X-Request-Timeout", type=float, default=60.0)
     f.add("--max-retries", "tries on further workers after a failed one", type=int, default=2)
+    f.add("--retry-ratio", "retry budget: retries at most this share of requests ...", type=float, default=0.2)
+    f.add("--retry-floor", "... plus this many retries a second", type=float, default=10.0)
+    f.add("--retry-window", "seconds the retry budget looks back", type=float, default=10.0)
+    f.add("--max-inflight", "requests in flight through the balancer; past it, 503", type=int, default=4096)
+    f.add("--max-inflight-per-worker", "requests in flight per worker; past it, 503", type=int, default=256)
+    f.add("--health-interval", "seconds between probes of /v2/health/ready (0: none)", type=float, default=1.0)
+    f.add("--health-timeout", "seconds a probe may take", type=float, default=1.0)
+    f.add("--healthy-threshold", "probes passed in a row to come back", type=int, default=2)
+    f.add("--unhealthy-threshold", "probes failed in a row to go down", type=int, default=3)
+    f.add("--eject-after", "failed tries in a row that eject a worker", type=int, default=5)
+    f.add("--ejection-time", "seconds of a first ejection (doubles each time in a row)", type=float, default=30.0)
+    f.add("--max-ejection-time", "longest ejection", type=float, default=300.0)
+    f.add("--max-ejected", "percent of workers that may be ejected at once (at least one)", type=float, default=25.0)
+    f.add("--panic-threshold", "percent healthy below which models whose owner is out fail fast", type=float,
+          default=50.0)  # fmt: skip
+    f.add("--max-replicas", "most workers a hot model spreads over (a model's config may say)", type=int, default=4)
+    f.add("--replica-inflight", "sustained requests in flight per replica that add one", type=float, default=8.0)
+    f.add("--replica-sustain", "seconds a model must stay hot before a replica is added", type=float, default=3.0)
+    f.add("--replica-cooldown", "seconds a model must stay cool before a replica goes", type=float, default=30.0)
     f.add("--index-refresh", "seconds between repository index refreshes", type=float, default=10.0)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--log-level", "log level", default="INFO")
@@ -111,7 +142,7 @@ def _up_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "balancer HTTP port (0: any free port)", type=int, default=8000)
     f.add("--grpc-port", "balancer gRPC port (0: no gRPC)", type=int, default=8001)
-    f.add("--policy", "routing policy: affinity or consistent", default="affinity")
+    f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
     f.add("--redis-url", "Redis URL for the shared cache layer (default: in-process only)")
     f.add("--cache-size", "balancer in-process cache size", type=size, default="256MiB")
     f.add("--zoo-count", "models in a generated demo zoo", type=int, default=12)

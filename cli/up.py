@@ -61,6 +61,10 @@ class UpOptions:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        from balancer.policy import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
 
     def memory_args(self, index: int) -> list[str]:
         """The memory flags of the ``index``-th worker."""

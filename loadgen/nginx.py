@@ -56,6 +56,7 @@ http {{
     default_type application/json;
     location = /v2/repository/index {{ return 200 '{index}'; }}
     location = /v2/health/ready {{ return 200 '{{"ready":true}}'; }}
+    location = /v2 {{ return 200 '{{"name":"static","version":"0","worker_id":"127.0.0.1:{static_port}"}}'; }}
     location / {{ client_body_buffer_size 64k; return 200 '{answer}'; }}
   }}
 }}

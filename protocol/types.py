@@ -87,7 +87,9 @@ class IndexEntry:
     cached, ``cache_ttl`` for how long (None: the balancer's default), ``sha256``
     names the version's weights (cache keys bind it); ``state`` is READY,
     LOADING or UNAVAILABLE; ``tier`` is where the version is now on the worker
-    that answers: gpu or cpu (resident), disk or remote (waiting to be paged in).
+    that answers: gpu or cpu (resident), disk or remote (waiting to be paged in);
+    ``min_replicas`` and ``max_replicas`` bound how many workers the balancer
+    spreads a hot model over.
     """
 
     name: str
@@ -100,6 +102,8 @@ class IndexEntry:
     sha256: str = ""
     cache_ttl: float | None = None
     tier: str = ""
+    min_replicas: int = 1  # hot-model replicas the balancer keeps at least
+    max_replicas: int | None = None  # and at most (None: the balancer's default)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +117,8 @@ class IndexEntry:
             "sha256": self.sha256,
             "cache_ttl": self.cache_ttl,
             "tier": self.tier,
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
         }
 
     @classmethod
@@ -128,6 +134,8 @@ class IndexEntry:
             sha256=str(raw.get("sha256", "")),
             cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
             tier=str(raw.get("tier", "")),
+            min_replicas=int(raw.get("min_replicas") or 1),
+            max_replicas=int(raw["max_replicas"]) if raw.get("max_replicas") is not None else None,
         )
 
 
@@ -135,13 +143,15 @@ class IndexEntry:
 class ServerMetadata:
     """The V2 server metadata, plus the worker's stable id (``worker_id``), from
     which a balancer learns who answers at an address (its ring uses ids, never
-    URLs), and its ``grpc_port`` (the balancer forwards gRPC calls there)."""
+    URLs), its ``grpc_port`` (the balancer forwards gRPC calls there) and its
+    ``capacity`` (bytes of memory budget), which weighs its place on the ring."""
 
     name: str
     version: str
     extensions: tuple[str, ...] = field(default_factory=tuple)
     worker_id: str | None = None
     grpc_port: int | None = None  # where the worker serves gRPC, when it does
+    capacity: int | None = None  # bytes: the worker's weight on a balancer's ring
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
@@ -149,6 +159,8 @@ class ServerMetadata:
             out["worker_id"] = self.worker_id
         if self.grpc_port is not None:
             out["grpc_port"] = self.grpc_port
+        if self.capacity is not None:
+            out["capacity"] = self.capacity
         return out
 
 

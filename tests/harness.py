@@ -127,6 +127,10 @@ class Server:
     def id(self) -> str:
         return self.url.removeprefix("http://")
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Server:
         def ready() -> bool:
             if not self.proc.alive():
@@ -142,20 +146,30 @@ class Server:
         return self
 
 
-def start_worker(models: Path | None, logdir: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
-    """A worker on free ports (``models`` None: no local repository, a remote store in ``extra``;
-    ``env``: variables for its environment, e.g. a PYTHONPATH where allowed model code lives)."""
-    port, grpc_port = free_port(), free_port()
+def start_worker(
+    models: Path | None,
+    logdir: Path,
+    *extra: str,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+) -> Server:
+    """A worker on ``host`` and free ports (or ``port``: to restart one where it was); ``models``
+    None: no local repository, a remote store in ``extra``; ``env``: variables for its
+    environment, e.g. a PYTHONPATH where allowed model code lives."""
+    port, grpc_port = port or free_port(), free_port()
     local = ("--models", str(models)) if models is not None else ()
-    args = affinity("worker", *local, "--port", str(port), "--grpc-port", str(grpc_port), "--threads", "1", *extra)
-    proc = Proc(f"worker-{port}", args, logdir / f"worker-{port}.log", env=env).start()
-    return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+    args = affinity("worker", *local, "--host", host, "--port", str(port), "--grpc-port", str(grpc_port))
+    args += ["--threads", "1", *extra]
+    proc = Proc(f"worker-{host}-{port}", args, logdir / f"worker-{host}-{port}.log", env=env).start()
+    return Server(proc, f"http://{host}:{port}", f"{host}:{grpc_port}")
 
 
 def start_balancer(workers: list[Server], logdir: Path, *extra: str) -> Server:
+    """A balancer over these workers (none: give a discovery flag in ``extra``)."""
     port, grpc_port = free_port(), free_port()
-    urls = ",".join(w.url for w in workers)
-    args = affinity("balancer", "--workers", urls, "--port", str(port), "--grpc-port", str(grpc_port))
+    urls = ("--workers", ",".join(w.url for w in workers)) if workers else ()
+    args = affinity("balancer", *urls, "--port", str(port), "--grpc-port", str(grpc_port))
     args += ["--index-refresh", "2", *extra]
     proc = Proc(f"balancer-{port}", args, logdir / f"balancer-{port}.log").start()
     return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")

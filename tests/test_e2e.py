@@ -175,8 +175,13 @@ def test_broken_model_is_a_500_and_the_service_stays_up(balancer: Server, zoo: P
     error = resp.json()["error"]
     assert "broken" in error and "weights" in error
     assert str(zoo) not in error, "error bodies never carry paths"
-    rows = request(balancer.url, "POST", "/v2/repository/index", b"{}").json()
-    assert {(r["name"], r["state"]) for r in rows if r["name"] == "broken"} == {("broken", "UNAVAILABLE")}
+
+    def broken_states() -> set[tuple[str, str]]:
+        # the balancer answers from its cached index, refreshed on a schedule (--index-refresh 2 here)
+        rows = request(balancer.url, "POST", "/v2/repository/index", b"{}").json()
+        return {(r["name"], r["state"]) for r in rows if r["name"] == "broken"}
+
+    wait_until(lambda: broken_states() == {("broken", "UNAVAILABLE")})
     assert infer(balancer, "mlp-00", body).status == 200
     assert request(balancer.url, "GET", "/v2/health/ready").status == 200
 

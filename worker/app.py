@@ -20,6 +20,7 @@ from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
+from common.registration import Heartbeat, Registration
 from common.rest import render_error
 from worker.config import WorkerConfig
 from worker.grpc_front import WorkerServicer
@@ -40,6 +41,8 @@ class Worker:
         self.grpc_port: int | None = None
         self._lag: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._leaving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         service = self.service = WorkerService(self.config)
@@ -65,15 +68,23 @@ class Worker:
             "%s serving %s on http://%s:%d%s",
             self.name, " and ".join(sources), self.config.host, self.port, grpc_note,
         )  # fmt: skip
+        if self.config.register_redis:
+            registration = Registration(self.config.identity, self.config.advertised_url(self.port))
+            self.heartbeat = Heartbeat(self.config.register_redis, registration, self.config.register_ttl)
+            self.heartbeat.start()
 
     def begin_drain(self) -> None:
         if self.service is not None:
             self.service.ready = False
         if self.grpc is not None and self._draining is None:
             self._draining = asyncio.get_running_loop().create_task(self.grpc.drain())
+        if self.heartbeat is not None and self._leaving is None:  # leave the registry first
+            self._leaving = asyncio.get_running_loop().create_task(self.heartbeat.close())
 
     async def stop(self) -> None:
         self.begin_drain()
+        if self._leaving is not None:
+            await self._leaving
         if self._draining is not None:
             await self._draining
         if self._lag is not None:

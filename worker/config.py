@@ -37,6 +37,10 @@ class WorkerConfig:
     max_elements: int = 1 << 26
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
+    capacity: int = 0  # bytes reported to balancers (0: the CPU memory budget)
+    register_redis: str | None = None  # keep a registration in this Redis (balancer --workers-redis)
+    register_ttl: float = 10.0  # seconds a registration lives without a heartbeat
+    advertise: str = ""  # the base URL balancers reach this worker at (default http://host:port)
     log_level: str = "INFO"
     # memory tiers
     cpu_memory: Amount = HALF  # of the machine's RAM (or the container's limit)
@@ -88,6 +92,14 @@ class WorkerConfig:
         if self.admin_token is not None and not self.admin_token.strip():
             raise ValueError("the admin token cannot be empty")
         object.__setattr__(self, "allow_code", parse_allowed(self.allow_code))
+        if self.capacity < 0 or not self.register_ttl > 0:
+            raise ValueError("capacity cannot be negative and the registration TTL must be positive")
+        if self.register_redis is not None and not self.register_redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--register-redis takes a redis:// URL")
+
+    def advertised_url(self, port: int) -> str:
+        """The base URL registered for balancers (``--advertise``, or where it listens)."""
+        return self.advertise.rstrip("/") or f"http://{self.host}:{port}"
 
     @property
     def identity(self) -> str:

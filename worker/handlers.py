@@ -9,6 +9,8 @@ and the statistics extension (``GET /v2/models/{name}/stats``).
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Any
 
 from common.auth import check_admin
@@ -16,12 +18,15 @@ from common.http_router import Router
 from common.http_server import Request, Response
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
+from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
 from protocol.errors import BadRequest
 from protocol.json_body import loads_object
 from protocol.names import check_version
 from protocol.stats import stats_body
 from worker.codecs import BINARY_CODEC, JSON_CODEC, BinaryAnswer
 from worker.service import InferCall, WorkerService
+
+DEADLINE_HEADER = REQUEST_TIMEOUT_HEADER.lower()  # seconds the caller will wait (a balancer sends what is left)
 
 
 def load_parameters(body: bytes) -> tuple[str | None, bool | None]:
@@ -78,6 +83,9 @@ class WorkerHandlers:
             call = InferCall(match["name"], match.get("version"), request.body, JSON_CODEC)
         else:
             call = InferCall(match["name"], match.get("version"), (request.body, length), BINARY_CODEC)
+        timeout = request.headers.get(DEADLINE_HEADER)
+        if timeout is not None:
+            call = replace(call, deadline=time.monotonic() + parse_request_timeout(timeout))
         answer = await self.service.infer(call)
         payload = answer.payload
         if isinstance(payload, BinaryAnswer):

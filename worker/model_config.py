@@ -13,7 +13,8 @@
       "cache": true,                      # per-model opt-out of the response cache
       "cache_ttl": 600,                   # seconds an answer stays cached (default: the balancer's)
       "warmup": true,                     # run one synthetic inference after loading
-      "pinned": false                     # once loaded, never evicted from memory
+      "pinned": false,                    # once loaded, never evicted from memory
+      "replicas": {"min": 1, "max": 4}    # how many workers a hot model may spread over (balancer)
     }
 
 With ``max_batch_size > 0`` the first dimension of every input and output is the
@@ -55,6 +56,8 @@ class ModelConfig:
     cache_ttl: float | None = None
     warmup: bool = True
     pinned: bool = False
+    min_replicas: int = 1
+    max_replicas: int | None = None  # None: the balancer's default
     format: str = "safetensors"
 
     @property
@@ -79,13 +82,18 @@ class ModelConfig:
             **({"cache_ttl": self.cache_ttl} if self.cache_ttl is not None else {}),
             "warmup": self.warmup,
             "pinned": self.pinned,
+            **({"replicas": self._replicas_json()} if self.min_replicas > 1 or self.max_replicas is not None else {}),
         }
+
+    def _replicas_json(self) -> dict[str, int]:
+        return {"min": self.min_replicas, **({"max": self.max_replicas} if self.max_replicas is not None else {})}
 
     @classmethod
     def from_json(cls, raw: Any) -> ModelConfig:
         if not isinstance(raw, dict):
             raise InvalidModelConfig("config.json must hold an object")
         try:
+            min_replicas, max_replicas = _replicas(raw.get("replicas"))
             config = cls(
                 format=str(raw.get("format", "safetensors")),
                 architecture=str(raw.get("architecture", "")),
@@ -98,6 +106,8 @@ class ModelConfig:
                 cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
                 warmup=bool(raw.get("warmup", True)),
                 pinned=bool(raw.get("pinned", False)),
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None
@@ -131,6 +141,21 @@ class ModelConfig:
             return cls.from_json(orjson.loads(data))
         except orjson.JSONDecodeError:
             raise InvalidModelConfig("config.json is not valid JSON") from None
+
+
+def _replicas(raw: Any) -> tuple[int, int | None]:
+    """``"replicas": {"min": 1, "max": 4}`` (or a plain number: the maximum)."""
+    if raw is None:
+        return 1, None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = {"max": raw}
+    if not isinstance(raw, dict):
+        raise ValueError("replicas must be an object {min, max} or a number")
+    low = int(raw.get("min", 1))
+    high = int(raw["max"]) if raw.get("max") is not None else None
+    if low < 1 or (high is not None and high < low):
+        raise ValueError("replicas: 1 <= min <= max")
+    return low, high
 
 
 def _spec(raw: Any) -> TensorSpec:

@@ -33,7 +33,7 @@ from typing import Any
 
 from common import __version__
 from common.singleflight import SingleFlight
-from protocol.errors import ModelNotFound, ModelUnavailable, ProtocolError
+from protocol.errors import DeadlineExceeded, ModelNotFound, ModelUnavailable, ProtocolError
 from protocol.names import check_name, check_version
 from protocol.stats import ModelStats
 from protocol.types import IndexEntry, ModelMetadata, ServerMetadata
@@ -69,6 +69,7 @@ class InferCall:
     payload: Any
     codec: Codec
     protocol: str = "rest"
+    deadline: float | None = None  # time.monotonic() by which the answer is no use (X-Request-Timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,9 @@ class WorkerService:
                 loop = asyncio.get_running_loop()
                 payload = await loop.run_in_executor(self.pool, decode_and_check, payload, call.codec, config, limit)
                 lease = await self.memory.acquire(key)
+                if call.deadline is not None and time.monotonic() >= call.deadline:
+                    lease.release()
+                    raise DeadlineExceeded("the request's deadline passed while its model was loading")
             try:
                 pending = self.batcher.submit(lease.model, payload, call.codec, lease.device)
             except BaseException:
@@ -190,7 +194,10 @@ class WorkerService:
     # metadata and health
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS, self.config.identity, self.grpc_port)
+        capacity = self.config.capacity or self.memory.config.cpu_budget
+        return ServerMetadata(
+            SERVER_NAME, __version__, EXTENSIONS, self.config.identity, self.grpc_port, capacity=capacity
+        )
 
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
         entry = self.resolve(name, version)
@@ -248,6 +255,8 @@ class WorkerService:
                     sha256=entry.sha256,
                     cache_ttl=config.cache_ttl if config else None,
                     tier=tier,
+                    min_replicas=config.min_replicas if config else 1,
+                    max_replicas=config.max_replicas if config else None,
                 )
             )
         return rows

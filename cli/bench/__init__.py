@@ -78,8 +78,40 @@ def _protocols(scenarios: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _routing(scenarios: argparse._SubParsersAction) -> None:
+    p = scenarios.add_parser(
+        "routing", help="the routing policies side by side on a cluster whose budgets hold half the models"
+    )
+    f = Flags(p, "bench")
+    f.add("--duration", "seconds measured per row", type=float, default=15.0)
+    f.add("--warmup", "seconds of load before each row is measured", type=float, default=15.0)
+    f.add("--rate", "requests a second, Zipf 1.1 over the zoo", type=float, default=120.0)
+    f.add("--skew-rate", "requests a second, Zipf 3 (one model takes ~83%)", type=float, default=160.0)
+    f.add("--workers", "worker processes", type=int, default=3)
+    f.add("--policies", "comma-separated policies", default="affinity,round-robin,consistent,least-loaded")
+    f.add("--models", "model repository (default: a generated zoo of 8-32 MiB models)", type=Path)
+    f.add("--zoo-count", "models in the generated zoo", type=int, default=24)
+    f.add("--seed", "the load generator's seed (the same for every policy)", type=int, default=1)
+    f.add("--out", "directory for the reports and the table", type=Path, default="results/bench-routing")
+
+    def run(args: argparse.Namespace) -> int:
+        from balancer.policy import POLICIES
+        from cli.bench.routing import run_routing
+
+        policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+        unknown = [p for p in policies if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+        return run_routing(
+            args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
+            args.zoo_count, args.out, args.seed,
+        )  # fmt: skip
+
+    p.set_defaults(run=run)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster, one scenario at a time")
     scenarios = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
-    for declare in (_overhead, _cache, _paging, _protocols):
+    for declare in (_overhead, _cache, _paging, _protocols, _routing):
         declare(scenarios)

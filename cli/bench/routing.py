@@ -1,0 +1,201 @@
+"""``affinity bench routing``: the routing policies side by side, on one cluster
+whose memory budgets hold about half of the models.
+
+For each scenario and policy, a fresh cluster (same zoo, same budgets, cold
+memory) and one open-loop run of ``affinity loadgen`` (Poisson arrivals, the
+same seed for every policy, so every policy gets the same requests):
+
+    zipf   ``--popularity zipf:1.1`` over the whole zoo: the usual long tail
+    skew   ``--popularity zipf:3``: one model takes ~80% of the traffic
+
+Reported per row: p50 and p99 latency (from scheduled send times), throughput
+(answers a second) and model loads per 1,000 requests (answers whose
+``X-Model-Source`` was not ``cpu``/``gpu``). Ratios are taken within the run:
+the machine is shared and noisy.
+
+Memory budgets: each worker gets ``--cpu-memory`` = half the zoo's bytes. No worker can hold every model,
+so a worker that sees every model (round-robin, least-loaded) keeps paging
+them in and out; the cluster's memory together (1.5x the zoo with three
+workers) holds every model once when each model stays on its owners, which is
+what affinity is for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from common.process import affinity_command, free_port, spawn, stop, wait_ready
+
+SCENARIOS = {"zipf": "zipf:1.1", "skew": "zipf:3"}
+DEFAULT_POLICIES = ("affinity", "round-robin", "consistent", "least-loaded")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    scenario: str
+    policy: str
+    p50_ms: float
+    p99_ms: float
+    throughput: float
+    loads_per_1000: float
+    errors: int
+    dropped: int
+
+
+def zoo_bytes(models: Path) -> int:
+    return sum(p.stat().st_size for p in models.glob("*/*/model.safetensors"))
+
+
+class BenchCluster:
+    """Workers and one balancer as child processes, logs in ``logdir``."""
+
+    def __init__(self, models: Path, workers: int, budget: int, policy: str, logdir: Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[object] = []
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        urls = []
+        for i in range(workers):
+            port = free_port()
+            args = ["worker", "--models", str(models), "--port", str(port), "--grpc-port", "0"]
+            args += ["--threads", str(threads), "--cpu-memory", str(budget), "--log-level", "WARNING"]
+            urls.append(f"http://127.0.0.1:{port}")
+            self._spawn(args, logdir / f"{policy}-worker-{i}.log")
+        for url, proc in zip(urls, self.procs, strict=True):
+            wait_ready(url + "/v2/health/ready", proc)
+        port = free_port()
+        args = ["balancer", "--workers", ",".join(urls), "--port", str(port), "--grpc-port", "0", "--policy", policy]
+        args += ["--log-level", "WARNING"]
+        balancer = self._spawn(args, logdir / f"{policy}-balancer.log")
+        self.url = f"http://127.0.0.1:{port}"
+        wait_ready(self.url + "/v2/health/ready", balancer)
+
+    def _spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        out = log.open("wb")
+        self.logs.append(out)
+        proc = spawn(affinity_command(*args), output=out)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        stop(reversed(self.procs))
+        for out in self.logs:
+            out.close()  # type: ignore[attr-defined]
+
+
+def load_run(url: str, popularity: str, rate: float, duration: float, warmup: float, seed: int, out: Path) -> Row:
+    args = ["loadgen", "--url", url, "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--warmup", f"{warmup:g}"]
+    args += ["--popularity", popularity, "--seed", str(seed), "--timeout", "30", "--out", str(out)]
+    subprocess.run(affinity_command(*args), check=True, stdout=subprocess.DEVNULL, timeout=duration + warmup + 120)
+    report = orjson.loads((out / "report.json").read_bytes())
+    counts = report["counts"]
+    answered = counts["ok"] + counts["errors"]
+    return Row(
+        scenario="",
+        policy="",
+        p50_ms=report["latency_ms"]["p50"],
+        p99_ms=report["latency_ms"]["p99"],
+        throughput=report["achieved_rps"],
+        loads_per_1000=1000 * report["model_loads"] / max(answered, 1),
+        errors=counts["errors"],
+        dropped=counts["dropped"],
+    )
+
+
+def run_routing(
+    duration: float,
+    warmup: float,
+    rate: float,
+    skew_rate: float,
+    workers: int,
+    policies: tuple[str, ...],
+    models: Path | None,
+    zoo_count: int,
+    out: Path,
+    seed: int,
+) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if models is None:
+            from worker.zoo import make_zoo
+
+            models = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-")))
+            make_zoo(models, count=zoo_count, min_size=8 << 20, max_size=32 << 20)
+        total = zoo_bytes(models)
+        budget = total // 2
+        rows = []
+        for scenario, popularity in SCENARIOS.items():
+            for policy in policies:
+                cluster = BenchCluster(models, workers, budget, policy, out)
+                try:
+                    scenario_rate = rate if scenario == "zipf" else skew_rate
+                    row = load_run(
+                        cluster.url, popularity, scenario_rate, duration, warmup, seed, out / scenario / policy
+                    )
+                finally:
+                    cluster.stop()
+                rows.append(_named(row, scenario, policy))
+                print(
+                    f"{scenario:5s} {policy:13s} p99 {row.p99_ms:9.1f} ms  loads/1000 {row.loads_per_1000:7.1f}",
+                    flush=True,
+                )
+    text = report(rows, workers, budget, total, duration, warmup, rate, skew_rate, seed)
+    (out / "routing.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _named(row: Row, scenario: str, policy: str) -> Row:
+    return Row(scenario, policy, row.p50_ms, row.p99_ms, row.throughput, row.loads_per_1000, row.errors, row.dropped)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b > 0 else "n/a"
+
+
+def report(
+    rows: list[Row],
+    workers: int,
+    budget: int,
+    total: int,
+    duration: float,
+    warmup: float,
+    rate: float,
+    skew_rate: float,
+    seed: int,
+) -> str:
+    memory = f"{budget / 2**20:.0f} MiB each"
+    lines = [
+        f"`affinity bench routing` on {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}: {workers} workers, zoo {total / 2**20:.0f} MiB, budgets {memory}; "
+        f"open loop, Poisson, {duration:g} s measured after {warmup:g} s warm-up, seed {seed}; "
+        f"zipf at {rate:g} req/s, skew at {skew_rate:g} req/s",
+        "",
+        "| scenario | policy | p50 ms | p99 ms | answers/s | loads per 1,000 | errors | dropped |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.scenario} | {r.policy} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.throughput:.0f} "
+            f"| {r.loads_per_1000:.1f} | {r.errors} | {r.dropped} |"
+        )
+    by = {(r.scenario, r.policy): r for r in rows}
+    lines += ["", "| goal (same run) | measured | target |", "| --- | ---: | ---: |"]
+    aff, rr = by.get(("zipf", "affinity")), by.get(("zipf", "round-robin"))
+    if aff and rr:
+        lines.append(f"| zipf: round-robin p99 / affinity p99 | {_ratio(rr.p99_ms, aff.p99_ms)} | >= 5x |")
+        lines.append(
+            f"| zipf: round-robin loads / affinity loads | {_ratio(rr.loads_per_1000, aff.loads_per_1000)} | >= 10x |"
+        )
+    aff, cons = by.get(("skew", "affinity")), by.get(("skew", "consistent"))
+    if aff and cons:
+        lines.append(f"| skew: consistent p99 / affinity p99 | {_ratio(cons.p99_ms, aff.p99_ms)} | >= 1x |")
+    return "\n".join(lines)
