@@ -42,7 +42,6 @@ from tests.deploy_files import (
     DASHBOARD,
     DEPLOY,
     PROMETHEUS,
-    cli_env,
     compose,
     k8s_documents,
     pod_spec,
@@ -241,11 +240,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, dns_serv
 
         env = rewrite.env(services["balancer"], AFFINITY_BALANCER_HOST="127.0.0.1")
         env["AFFINITY_BALANCER_PORT"] = str(free_port())
-        if "AFFINITY_BALANCER_DNS_RESOLVER" in cli_env()["balancer"]:
-            env["AFFINITY_BALANCER_DNS_RESOLVER"] = f"127.0.0.1:{dns_server}"
-        else:  # TEMPORARY until DNS discovery lands: the addresses the DNS server gives, listed
-            env.pop("AFFINITY_BALANCER_WORKERS_DNS", None)
-            env["AFFINITY_BALANCER_WORKERS"] = ",".join(w.url for w in workers)
+        # Docker's DNS answers from the system resolver; here our DNS server answers, asked directly.
+        assert env["AFFINITY_BALANCER_WORKERS_DNS"] == f"worker:{rewrite.worker_port}"
+        env["AFFINITY_BALANCER_DNS_RESOLVER"] = f"127.0.0.1:{dns_server}"
         env["AFFINITY_BALANCER_INDEX_REFRESH"] = "2"
         envs["balancer"] = env
         proc = _start("balancer", services["balancer"], env, logdir)
@@ -306,11 +303,17 @@ def test_the_compose_topology_serves_an_inference_whose_model_came_from_the_remo
     assert sorted({row["name"] for row in index}) == cluster.models
 
 
-def test_the_admin_token_from_the_environment_guards_the_workers_repository_routes(cluster: Cluster) -> None:
+def test_the_admin_token_from_the_environment_guards_the_admin_routes(cluster: Cluster) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
     worker = cluster.workers[0].url
     path = f"/v2/repository/models/{cluster.models[1]}/load"
     assert request(worker, "POST", path, {}).status == 401
-    assert request(worker, "POST", path, {}, {"Authorization": f"Bearer {TOKEN}"}).status == 200
+    assert request(worker, "POST", path, {}, bearer).status == 200
+    # The balancer's admin routes take the same token; its ring holds the workers DNS named.
+    assert request(cluster.balancer.url, "GET", "/admin/cluster").status == 401
+    answer = request(cluster.balancer.url, "GET", "/admin/cluster", headers=bearer)
+    assert answer.status == 200
+    assert sorted(answer.json()["ring"]["workers"]) == sorted(w.id for w in cluster.workers)
 
 
 def test_the_loadgen_service_loads_the_balancer(cluster: Cluster, tmp_path: Path) -> None:
@@ -534,6 +537,9 @@ def test_every_grafana_panel_returns_data_from_prometheus_scraping_the_cluster(
         "Model evictions by tier": positive,
         "Cache hit ratio": lambda result: 0 < float(result[0]["value"][1]) < 1,
         "In flight per worker": lambda result: {r["metric"]["worker"] for r in result} == members,
+        "Worker health": lambda result: (
+            {(r["metric"]["worker"], r["metric"]["state"]) for r in result} == {(m, "healthy") for m in members}
+        ),
         "Request rate (balancer)": lambda result: {r["metric"]["code"] for r in result} == {"200"},
     }
     pending = [(p["title"], t) for p in _panels() for t in p["targets"]]
