@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from balancer.admin import AdminService
@@ -35,6 +36,7 @@ from balancer.members import Members
 from balancer.metrics import BalancerMetrics
 from balancer.policy import PolicyContext, make_policy
 from balancer.prober import Prober
+from balancer.processes import Supervisor
 from balancer.replicas import ReplicaScaler
 from balancer.residency import Residency
 from balancer.router import Router
@@ -48,6 +50,7 @@ from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
 from common.rest import render_error
+from common.shared_metrics import SharedMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,9 @@ def address_source(config: BalancerConfig) -> AddressSource:
 class Balancer:
     name = "balancer"
 
-    def __init__(self, config: BalancerConfig, transport: Transport | None = None) -> None:
+    def __init__(
+        self, config: BalancerConfig, transport: Transport | None = None, metrics_dir: Path | None = None
+    ) -> None:
         self.config = config
         self.transport: Transport = transport or HttpClient(
             config.upstream_connections,
@@ -121,6 +126,8 @@ class Balancer:
         self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
         self.grpc_port: int | None = None
+        self.shared = SharedMetrics(metrics.registry, metrics_dir) if metrics_dir is not None else None
+        metrics.shared = self.shared
 
     # what the metrics read when scraped
 
@@ -147,9 +154,10 @@ class Balancer:
     async def start(self) -> None:
         await self.service.rules.start()
         try:
-            self.port = await self.http.start(self.config.host, self.config.port)
+            shared = self.config.processes > 1
+            self.port = await self.http.start(self.config.host, self.config.port, reuse_port=shared)
             if self.grpc is not None:
-                self.grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port)
+                self.grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port, reuse_port=shared)
                 await self.grpc.set_serving()
         except OSError:
             await self.http.shutdown(0)
@@ -164,6 +172,8 @@ class Balancer:
         if self.config.health_interval > 0:
             self._spawn(self.prober.run)
         self._spawn(self.loop_lag.run)
+        if self.shared is not None:
+            self._spawn(self.shared.run)
         log.info(
             "balancer on http://%s:%d%s, workers from %s discovery (policy %s, cache %s)",
             self.config.host, self.port, f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "",
@@ -233,7 +243,17 @@ class Balancer:
         await self.transport.close()
         if self.grpc_upstream is not None:
             await self.grpc_upstream.close()
+        if self.shared is not None:
+            self.shared.remove()
 
 
-async def serve(config: BalancerConfig) -> int:
-    return await serve_until_signalled(Balancer(config), config.drain_delay)
+async def serve(config: BalancerConfig, metrics_dir: Path | None = None) -> int:
+    return await serve_until_signalled(Balancer(config, metrics_dir=metrics_dir), config.drain_delay)
+
+
+def serve_processes(config: BalancerConfig) -> int:
+    """``--processes N``: N balancers on the same ports (each a whole balancer), their
+    metrics added up; the supervisor forwards signals and replaces one that exits."""
+    from common.lifecycle import run
+
+    return Supervisor(config.processes, lambda index, metrics_dir: run(serve(config, metrics_dir))).run()

@@ -81,6 +81,7 @@ class BalancerConfig:
     upstream_connections: int = 512
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
+    processes: int = 1  # balancer processes sharing the ports (SO_REUSEPORT); metrics added up
     log_level: str = "INFO"
 
     def http_limits(self) -> HttpLimits:
@@ -117,6 +118,8 @@ class BalancerConfig:
             raise ValueError("the health interval cannot be negative; in-flight caps must be at least 1")
         if not 0 <= self.max_ejected <= 100 or not 0 <= self.panic_threshold <= 100:
             raise ValueError("--max-ejected and --panic-threshold are percentages")
+        if self.processes < 1:
+            raise ValueError("--processes must be at least 1")
         if self.drain_delay < 0:
             raise ValueError("drain delay cannot be negative")
         if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):

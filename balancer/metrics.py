@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cache.response_cache import ResponseCache
 from common.metrics import CallbackCounter, CallbackGauge, CounterChild, Registry, RequestMetrics
+from common.shared_metrics import SharedMetrics
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -18,6 +19,7 @@ LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 class BalancerMetrics:
     def __init__(self, known_model: Callable[[str], bool], inflight: dict[str, int] | None = None) -> None:
+        self.shared: SharedMetrics | None = None
         self.registry = Registry()
         r = self.registry
         self.requests = RequestMetrics(r, "balancer", known_model, LATENCY_BUCKETS)
@@ -155,4 +157,7 @@ class BalancerMetrics:
             self.skips.labels(outcome).value += 1
 
     def render(self) -> bytes:
+        """This process's metrics, or, with sibling processes on one port, everyone's sum."""
+        if self.shared is not None:
+            return self.shared.render()
         return self.registry.render()

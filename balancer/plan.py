@@ -10,7 +10,7 @@ from balancer.renderings import JSON_RENDERING, Rendering
 from common.http_message import HeaderBlock
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferCall:
     """One inference as a front hands it over: the model and version, the body
     as it came (forwarded unchanged) and what the body is.
@@ -33,7 +33,7 @@ class InferCall:
     timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestPlan:
     """Everything decided about a request before it waits on anything: built once,
     passed along the miss path instead of a row of arguments."""

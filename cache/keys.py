@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -36,10 +36,10 @@ _PERSON = b"affinity-key-v2"
 MAX_TENSORS = 256
 
 
-@dataclass(frozen=True, slots=True)
-class KeyScope:
+class KeyScope(NamedTuple):
     """Whose answer this is: the same request to another model version, other
-    weights or another tenant is another question."""
+    weights or another tenant is another question. (A named tuple, so the memo's
+    lookups hash and compare it at C speed on the hit path.)"""
 
     model: str
     version: str

@@ -129,6 +129,7 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--replica-sustain", "seconds a model must stay hot before a replica is added", type=float, default=3.0)
     f.add("--replica-cooldown", "seconds a model must stay cool before a replica goes", type=float, default=30.0)
     f.add("--index-refresh", "seconds between repository index refreshes", type=float, default=10.0)
+    f.add("--processes", "balancer processes sharing the ports (SO_REUSEPORT), metrics added up", type=int, default=1)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--log-level", "log level", default="INFO")
     p.set_defaults(run=_run_balancer)
@@ -199,9 +200,17 @@ def _run_balancer(args: argparse.Namespace) -> int:
     from balancer.config import BalancerConfig
     from common.lifecycle import run
     from common.logs import setup_logging
+    from common.process import free_port
 
-    config = config_from(BalancerConfig, args, workers=tuple(w for w in args.workers.split(",") if w.strip()))
+    workers = tuple(w for w in (args.workers or "").split(",") if w.strip())
+    if args.processes > 1 and args.port == 0:  # processes share one port: pick it once, here
+        args.port = free_port(args.host)
+    config = config_from(BalancerConfig, args, workers=workers)
     setup_logging("balancer", args.log_level)
+    if config.processes > 1:
+        from balancer.app import serve_processes
+
+        return serve_processes(config)
     return run(serve(config))
 
 
