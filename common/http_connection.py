@@ -38,9 +38,14 @@ if TYPE_CHECKING:
 _REFUSED = Request("GET", "", "", {}, b"")  # stands for a request that could not be read
 
 
+# On shutdown, how long a just-accepted connection may take to send its first request.
+FIRST_REQUEST_GRACE = 1.0
+
+
 class Connection(RequestReader):
     __slots__ = (
         "active",
+        "answered",
         "close_after",
         "idle_limit",
         "last_active",
@@ -52,6 +57,7 @@ class Connection(RequestReader):
     def __init__(self, server: HttpServer) -> None:
         super().__init__(server)
         self.close_after = False  # close once the queued answers are written
+        self.answered = False  # has written an answer (a kept-alive connection, not a fresh one)
         self.active = False  # wrote since the last sweep
         self.last_active = server.clock
         self.idle_limit = self.limits.header_timeout  # a new connection gets its first request quickly
@@ -176,7 +182,7 @@ class Connection(RequestReader):
                 head += response.raw_headers.raw
             head += b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
         transport.write(head if request.method == "HEAD" else head + body)
-        self.active = True
+        self.active = self.answered = True
         if not keep_alive:
             self.closing = True
             if self.refused:
@@ -236,14 +242,22 @@ class Connection(RequestReader):
             self.abort()
 
     def close_when_idle(self) -> None:
-        """Shutdown: finish the answer being made, drop the rest, then close (flushing
-        what was written; the server aborts whatever is still open after its grace)."""
-        freed = sum(len(request.body) for request, _, _ in self.queue)
-        self.server.buffered_body -= freed
-        self.queue.clear()
-        if self.busy:
+        """Shutdown: answer every request this connection has received or is receiving,
+        then close. One that has carried no request yet (just accepted: its client has
+        likely sent one already) gets ``FIRST_REQUEST_GRACE`` for it; an idle kept-alive
+        one closes now (its client retries elsewhere). The server aborts whatever is
+        still open after its grace."""
+        if self.busy or self.queue or self.request_started is not None:
             self.close_after = True
+        elif not self.answered and self.transport is not None and not self.closing:
+            self.close_after = True
+            asyncio.get_running_loop().call_later(FIRST_REQUEST_GRACE, self._close_if_unused)
         elif self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def _close_if_unused(self) -> None:
+        if not self.busy and not self.queue and self.request_started is None and self.transport is not None:
             self.closing = True
             self.transport.close()
 

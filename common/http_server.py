@@ -103,10 +103,17 @@ class HttpServer:
             server.close()
         for conn in list(self.connections):
             conn.close_when_idle()
-        if self.tasks:
-            _, pending = await asyncio.wait(list(self.tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
+        # Until every connection has answered what it received and closed (answers
+        # start new handler tasks as they go), or the grace runs out.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.connections and loop.time() < deadline:
+            if self.tasks:
+                await asyncio.wait(list(self.tasks), timeout=min(0.05, max(0.0, deadline - loop.time())))
+            else:
+                await asyncio.sleep(0.02)
+        for task in list(self.tasks):
+            task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

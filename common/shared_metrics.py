@@ -5,8 +5,9 @@ processes (SO_REUSEPORT), and a scrape reaches any one of them. So each
 publishes a snapshot of its registry to a shared directory once a second, and
 ``/metrics`` on any of them renders its own live values plus the others'
 snapshots: counters, histograms and gauges add up, except gauges whose family
-says ``merge="max"`` (the largest event-loop lag, say). A process removes its
-file when it stops; the supervisor removes a dead one's.
+says ``merge="max"`` (the largest event-loop lag, say); ``affinity_processes``
+says how many processes were added up. A process publishes once it listens and
+removes its file when it stops; the supervisor removes a dead one's.
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ class SharedMetrics:
         return found
 
     def render(self) -> bytes:
+        others = self.others()
+        processes = Metric("affinity_processes", "Processes sharing this port, added up here.", "gauge")
+        processes.add_sample("affinity_processes", {}, float(1 + len(others)))
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Merged(merge([snapshot(self.registry), *self.others()])))
+        registry.register(_Merged([*merge([snapshot(self.registry), *others]), processes]))
         return generate_latest(registry)
 
     async def run(self) -> None:

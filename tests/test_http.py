@@ -134,6 +134,38 @@ def test_shutdown_lets_running_requests_finish() -> None:
     assert run(main).endswith(b"slow 0.3")
 
 
+def test_shutdown_answers_what_each_connection_received_then_closes() -> None:
+    """Pipelined requests already read are answered (not dropped); a connection
+    accepted just before the shutdown gets its first request answered; an idle
+    kept-alive one is closed at once."""
+
+    async def main() -> tuple[bytes, bytes, bytes]:
+        server, port = await echo_server()
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        idle_writer.write(b"GET /echo/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        await idle_reader.readuntil(b"/echo/k")
+        piped = b"GET /slow/0.2 HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /echo/p2 HTTP/1.1\r\nHost: x\r\n\r\n"
+        pipelined = asyncio.ensure_future(raw_exchange(port, piped))
+        fresh_reader, fresh_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(server.shutdown(5))
+        await asyncio.sleep(0.05)
+        fresh_writer.write(b"GET /echo/late HTTP/1.1\r\nHost: x\r\n\r\n")  # sent after the shutdown began
+        fresh = await asyncio.wait_for(fresh_reader.read(), 5)
+        idle = await asyncio.wait_for(idle_reader.read(), 5)
+        fresh_writer.close()
+        idle_writer.close()
+        out = await pipelined
+        await stopping
+        return out, fresh, idle
+
+    pipelined, fresh, idle = run(main)
+    assert pipelined.count(b"HTTP/1.1 200 OK") == 2 and pipelined.endswith(b"/echo/p2")
+    assert b"Connection: close" in pipelined, "the last answer says the connection closes"
+    assert fresh.startswith(b"HTTP/1.1 200 OK") and fresh.endswith(b"/echo/late")
+    assert idle == b"", "an idle kept-alive connection is closed without a word"
+
+
 def test_router_prefers_static_segments_and_reports_405() -> None:
     router = Router()
     router.add("GET", "/v2/models/{name}", lambda r: Response(200, b"meta " + r.match["name"].encode()))

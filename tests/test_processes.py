@@ -24,6 +24,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def listening(front: Server, count: int) -> bool:
+    """Every process listens (each publishes its metrics once it does)."""
+    text = request(front.url, "GET", "/metrics").body.decode()
+    return metric_sum(text, "affinity_processes") == count and len(balancers_of(front)) == count
+
+
 def balancers_of(supervisor: Server) -> list[int]:
     """The supervisor's balancer children (each has its own cache-key process below it)."""
     return [c for c in children(supervisor.proc.pid) if "balancer" in Path(f"/proc/{c}/cmdline").read_text()]
@@ -35,7 +41,7 @@ def test_two_processes_share_the_port_and_add_up_their_metrics(workers: list[Ser
     whichever process answers it, counts both processes' requests."""
     front = start_balancer(workers, logdir, "--processes", "2").wait_ready()
     try:
-        wait_until(lambda: len(balancers_of(front)) == 2)
+        wait_until(lambda: listening(front, 2), 20, 0.2)
         body = infer_body(sample_inputs(zoo, "logreg-03", 1, seed=70_001))
         states = [request(front.url, "POST", "/v2/models/logreg-03/infer", body).headers["x-cache"] for _ in range(40)]
         assert states.count("miss") == 2 and states.count("hit") == 38, "two processes, one cache each"
@@ -58,7 +64,7 @@ def test_a_process_stopped_alone_is_replaced_and_requests_keep_flowing(
 ) -> None:
     front = start_balancer(workers, logdir, "--processes", "2").wait_ready()
     try:
-        wait_until(lambda: len(balancers_of(front)) == 2)
+        wait_until(lambda: listening(front, 2), 20, 0.2)
         old = balancers_of(front)
         os.kill(old[0], signal.SIGTERM)  # a rolling restart of one process
         statuses = []
@@ -66,7 +72,7 @@ def test_a_process_stopped_alone_is_replaced_and_requests_keep_flowing(
             body = infer_body(sample_inputs(zoo, "mlp-00", 1, seed=80_000 + seed))
             statuses.append(request(front.url, "POST", "/v2/models/mlp-00/infer", body).status)
         assert statuses == [200] * 60
-        wait_until(lambda: len(balancers_of(front)) == 2 and old[0] not in balancers_of(front), 20, 0.2)
+        wait_until(lambda: old[0] not in balancers_of(front) and listening(front, 2), 20, 0.2)
         assert old[1] in balancers_of(front), "the other process kept running"
     finally:
         front.proc.stop()
