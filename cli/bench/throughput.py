@@ -149,8 +149,8 @@ def _open_loop(endpoint: str, rate: float, duration: float, names: list[str], ou
     report, _ = run_once(config, title=f"open loop {rate:g}/s")
     c = report.counts
     return (
-        f"offered {report.offered_rps:,.0f}/s, achieved {report.achieved_rps:,.0f}/s, p50 {report.latency_ms.p50:.2f} ms, "
-        f"p99 {report.latency_ms.p99:.2f} ms, errors {c.errors}, dropped {c.dropped}"
+        f"offered {report.offered_rps:,.0f}/s, achieved {report.achieved_rps:,.0f}/s, "
+        f"p50 {report.latency_ms.p50:.2f} ms, p99 {report.latency_ms.p99:.2f} ms, errors {c.errors}, dropped {c.dropped}"
     )
 
 
