@@ -150,7 +150,8 @@ def _open_loop(endpoint: str, rate: float, duration: float, names: list[str], ou
     c = report.counts
     return (
         f"offered {report.offered_rps:,.0f}/s, achieved {report.achieved_rps:,.0f}/s, "
-        f"p50 {report.latency_ms.p50:.2f} ms, p99 {report.latency_ms.p99:.2f} ms, errors {c.errors}, dropped {c.dropped}"
+        f"p50 {report.latency_ms.p50:.2f} ms, p99 {report.latency_ms.p99:.2f} ms, "
+        f"errors {c.errors}, dropped {c.dropped}"
     )
 
 
