@@ -13,9 +13,16 @@ request (a bad one fails alone), runs one forward per group of same-shaped
 inputs, splits the outputs back, encodes each answer, and resolves the whole
 batch's futures (and reports its sizes and times, ``worker.stats.BatchTimes``)
 with one ``call_soon_threadsafe``. It then looks again, and
-ends when the queue is empty. There is no waiting window: a lone request is
-never delayed, and batches form only under load, while a drain is busy
-(Triton's dynamic batcher with ``max_queue_delay`` 0).
+ends when the queue is empty. Batches form under load, while a drain is busy;
+a batch that is not full may also be held open a little (``window``, Triton's
+``max_queue_delay``) when requests for its model have been arriving closer
+together than that and no other model is waiting (``worker.batch_window``), so
+a lone request is not delayed for nothing.
+
+Bounded: a model's queue holds at most ``max_queue`` requests; one more is
+answered at once with 503 and ``Retry-After`` (the balancer tries another
+worker), never queued without bound. A request whose deadline passed while it
+waited is answered 504 without running (queued time counts toward it).
 
 Where it runs: each request was leased its model by the memory manager, on the
 host or on a device; the queue runs every round on the model (and device) of
@@ -38,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from protocol.errors import ModelUnavailable, ProtocolError
+from protocol.errors import DeadlineExceeded, ModelUnavailable, Overloaded, ProtocolError
 from protocol.types import InferRequest
+from worker.batch_window import Arrivals, hold_for
 from worker.codecs import Codec
 from worker.device import Device
 from worker.paging import run_on
@@ -58,6 +66,7 @@ class _Job:
     codec: Codec
     future: asyncio.Future[Any]
     queued_ns: int
+    deadline: float | None = None  # time.monotonic() past which the answer is no use
 
 
 # A decoded, checked request: its input arrays in the model's order, and its job.
@@ -71,6 +80,7 @@ class _Queue:
     model: LoadedModel | None  # None while idle: an evicted model must not be kept alive here
     device: Device | None
     running: bool = False
+    arrivals: Arrivals | None = None
 
 
 class Batcher:
@@ -80,34 +90,50 @@ class Batcher:
         loop: asyncio.AbstractEventLoop,
         max_elements: int,
         on_batch: Callable[[LoadedModel, BatchTimes], None] | None = None,
+        max_queue: int = 256,
+        window: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._loop = loop
         self._max_elements = max_elements
         self._on_batch = on_batch
+        self.max_queue = max_queue
+        self.window = window  # seconds a batch may be held open (a model's config may set its own)
+        self._clock = clock
         self._queues: dict[tuple[str, str], _Queue] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def submit(
-        self, model: LoadedModel, payload: Any, codec: Codec, device: Device | None = None
+        self,
+        model: LoadedModel,
+        payload: Any,
+        codec: Codec,
+        device: Device | None = None,
+        deadline: float | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one request for ``model`` (a payload ``codec`` decodes, or an
         already decoded ``InferRequest``), to run on ``device`` (None: the host);
-        the future resolves to the answer encoded by ``codec``."""
-        future: asyncio.Future[Any] = self._loop.create_future()
+        the future resolves to the answer encoded by ``codec``. Overloaded (503)
+        when the model's queue is full."""
         key = (model.name, model.version)
-        job = _Job(payload, codec, future, time.perf_counter_ns())
+        job = _Job(payload, codec, self._loop.create_future(), time.perf_counter_ns(), deadline)
         with self._lock:
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(deque(), model, device)
+                queue = self._queues[key] = _Queue(deque(), model, device, arrivals=Arrivals())
+            if len(queue.items) >= self.max_queue:
+                raise Overloaded(f"model '{model.name}' has {len(queue.items)} requests queued here; try again")
             queue.items.append(job)
             queue.model, queue.device = model, device
+            assert queue.arrivals is not None
+            queue.arrivals.arrived(self._clock())
             start = not queue.running
             queue.running = True
+            self._lock.notify_all()  # a drain holding its batch open for this model takes it
         if start:
             self._pool.submit(self._drain, queue)
-        return future
+        return job.future
 
     def _drain(self, queue: _Queue) -> None:
         """Runs in the pool: batches until the model's queue is empty. Whatever
@@ -123,6 +149,8 @@ class Batcher:
                     jobs = list(queue.items)
                     queue.items.clear()
                     model, device = queue.model, queue.device
+                    assert model is not None
+                    self._hold(queue, model, jobs)
                 assert model is not None
                 times = BatchTimes()
                 try:
@@ -137,6 +165,24 @@ class Batcher:
                 queue.running = False
                 queue.model = queue.device = None
             raise
+
+    def _hold(self, queue: _Queue, model: LoadedModel, jobs: list[_Job]) -> None:
+        """Under the lock: keep the batch open while waiting pays (``worker.batch_window``),
+        taking what arrives for this model meanwhile."""
+        window = model.config.max_queue_delay if model.config.max_queue_delay is not None else self.window
+        if window <= 0 or queue.arrivals is None:
+            return
+        taken_at = self._clock()
+        while True:
+            others = any(q is not queue and q.items for q in self._queues.values())
+            wait = hold_for(
+                self._clock(), taken_at, window, len(jobs), model.config.max_batch_size, others, queue.arrivals
+            )
+            if wait <= 0:
+                return
+            self._lock.wait(wait)
+            jobs.extend(queue.items)
+            queue.items.clear()
 
     def _deliver(self, model: LoadedModel, times: BatchTimes, outcomes: list[Outcome]) -> None:
         """On the event loop: report the round's sizes and times, resolve the futures."""
@@ -157,8 +203,12 @@ class Batcher:
         outcomes: list[Outcome] = []
         ready: list[Ready] = []
         input_ns: dict[int, int] = {}  # per job (by id), its decode and check
+        now = time.monotonic()
         for job in jobs:
             began = clock()
+            if job.deadline is not None and now >= job.deadline:
+                outcomes.append((job.future, DeadlineExceeded("the request's deadline passed while it was queued")))
+                continue
             try:
                 payload = job.payload
                 request = (

@@ -35,6 +35,8 @@ class WorkerConfig:
     max_buffered_body: int = 0  # request bodies held by the whole process; 0: max(256 MiB, 4 x max body)
     write_timeout: float = 30.0
     max_elements: int = 1 << 26
+    max_queue: int = 256  # requests queued per model; one more is a 503 with Retry-After
+    max_queue_delay: float = 0.0005  # seconds a batch may wait for more requests, when it pays
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
     capacity: int = 0  # bytes reported to balancers (0: the CPU memory budget)
@@ -65,6 +67,8 @@ class WorkerConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.max_queue < 1 or self.max_queue_delay < 0:
+            raise ValueError("--max-queue must be at least 1 and --max-queue-delay cannot be negative")
         if self.models is None and self.remote_store is None:
             raise ValueError("give a model repository (--models) or a remote store (--remote-store), or both")
         if self.models is not None and not self.models.is_dir():

@@ -9,6 +9,7 @@
       "inputs":  [{"name": "input",  "datatype": "FP32", "shape": [-1, 64]}],
       "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
       "max_batch_size": 64,               # 0: no batch dimension
+      "max_queue_delay_us": 500,          # how long a batch may wait for more (default: the worker's)
       "deterministic": true,              # same input, same answer: cacheable
       "cache": true,                      # per-model opt-out of the response cache
       "cache_ttl": 600,                   # seconds an answer stays cached (default: the balancer's)
@@ -51,6 +52,7 @@ class ModelConfig:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0
+    max_queue_delay: float | None = None  # seconds a batch may be held open (None: the worker's --max-queue-delay)
     deterministic: bool = True
     cache: bool = True
     cache_ttl: float | None = None
@@ -77,6 +79,7 @@ class ModelConfig:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "max_batch_size": self.max_batch_size,
+            **({"max_queue_delay_us": self.max_queue_delay * 1e6} if self.max_queue_delay is not None else {}),
             "deterministic": self.deterministic,
             "cache": self.cache,
             **({"cache_ttl": self.cache_ttl} if self.cache_ttl is not None else {}),
@@ -101,6 +104,7 @@ class ModelConfig:
                 inputs=tuple(_spec(t) for t in raw["inputs"]),
                 outputs=tuple(_spec(t) for t in raw["outputs"]),
                 max_batch_size=int(raw.get("max_batch_size", 0)),
+                max_queue_delay=_queue_delay(raw.get("max_queue_delay_us")),
                 deterministic=bool(raw.get("deterministic", True)),
                 cache=bool(raw.get("cache", True)),
                 cache_ttl=float(raw["cache_ttl"]) if raw.get("cache_ttl") is not None else None,
@@ -166,3 +170,13 @@ def _spec(raw: Any) -> TensorSpec:
     if any(d < -1 or d == 0 for d in dims):
         raise ValueError(f"'{name}': dimensions are positive, or -1 for variable")
     return TensorSpec(name, datatype, dims)
+
+
+def _queue_delay(raw: Any) -> float | None:
+    """``max_queue_delay_us`` (Triton's name and unit) as seconds."""
+    if raw is None:
+        return None
+    delay = float(raw)
+    if delay < 0:
+        raise ValueError("max_queue_delay_us cannot be negative")
+    return delay / 1e6

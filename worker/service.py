@@ -117,7 +117,10 @@ class WorkerService:
         self.memory = self.tiers.memory
         self.metrics.memory.read_bytes_from(self.memory.tier_bytes)
         self.pool = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="infer")
-        self.batcher = Batcher(self.pool, asyncio.get_running_loop(), config.max_elements, self._on_batch)
+        self.batcher = Batcher(
+            self.pool, asyncio.get_running_loop(), config.max_elements, self._on_batch,
+            max_queue=config.max_queue, window=config.max_queue_delay,
+        )  # fmt: skip
         self._scan_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repository-scan")
         self._scans: SingleFlight[None] = SingleFlight()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -167,7 +170,7 @@ class WorkerService:
                     lease.release()
                     raise DeadlineExceeded("the request's deadline passed while its model was loading")
             try:
-                pending = self.batcher.submit(lease.model, payload, call.codec, lease.device)
+                pending = self.batcher.submit(lease.model, payload, call.codec, lease.device, call.deadline)
             except BaseException:
                 lease.release()
                 raise
