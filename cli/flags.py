@@ -62,11 +62,17 @@ class Flags:
         shared admin token has one); ``secret``: never show its value in ``--help``."""
         env = env or env_name(self.command, flag)
         from_env = os.environ.get(env)
+        switch = kwargs.get("action") == "store_true"
         if from_env is not None:
             default, required = from_env, False  # argparse applies ``type`` to string defaults
-        shown = "" if default is None or secret else f" (default: {default})"
+            if switch:
+                default = from_env.strip().lower() in ("1", "true", "yes", "on")
+        shown = "" if default is None or secret or switch else f" (default: {default})"
         text = f"{help}{shown} [env {env}]".replace("%", "%%")  # argparse %-formats help ("50%" defaults)
-        self.parser.add_argument(flag, type=type, default=default, required=required, help=text, **kwargs)
+        if switch:
+            self.parser.add_argument(flag, default=bool(default), help=text, **kwargs)
+        else:
+            self.parser.add_argument(flag, type=type, default=default, required=required, help=text, **kwargs)
 
 
 def config_from(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -57,6 +57,8 @@ class UpOptions:
     rescan_interval: float = 10.0
     admin_token: str | None = field(default=None, repr=False)
     allow_code: tuple[str, ...] = ()  # handed to every worker
+    cpu_affinity: bool = False  # pin each worker to its share of the cores
+    balancer_processes: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -82,6 +84,15 @@ class UpOptions:
         if self.allow_code:
             args += ["--allow-code", ",".join(self.allow_code)]
         return args
+
+
+def worker_cpus(index: int, workers: int, cores: int) -> str:
+    """The CPU list of the ``index``-th of ``workers`` workers: an equal, disjoint share
+    of the cores (several workers per core when there are more workers than cores)."""
+    if workers >= cores:
+        return str(index % cores)
+    share = cores // workers
+    return f"{index * share}-{index * share + share - 1}"
 
 
 class Cluster:
@@ -126,6 +137,8 @@ class Cluster:
             worker_args += ["--grpc-port", str(grpc_port)]
             worker_args += ["--models", str(models)] if models is not None else []
             worker_args += ["--threads", str(threads), "--log-level", o.log_level, *o.memory_args(index)]
+            if o.cpu_affinity:
+                worker_args += ["--cpus", worker_cpus(index, o.workers, cores)]
             proc = self.spawn("worker", worker_args)
             urls.append((f"http://{o.host}:{port}", proc))
         for url, proc in urls:
@@ -135,6 +148,7 @@ class Cluster:
         balancer_args = ["balancer", "--workers", ",".join(u for u, _ in urls), "--host", o.host, "--port", str(port)]
         balancer_args += ["--grpc-port", str(o.grpc_port)]
         balancer_args += ["--policy", o.policy, "--cache-size", str(o.cache_size), "--log-level", o.log_level]
+        balancer_args += ["--processes", str(o.balancer_processes)]
         if o.redis_url:
             balancer_args += ["--redis-url", o.redis_url]
         proc = self.spawn("balancer", balancer_args)

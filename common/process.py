@@ -116,3 +116,19 @@ def stop(procs: Iterable[subprocess.Popen[bytes]], timeout: float = STOP_TIMEOUT
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """A CPU list as Linux writes it (``0``, ``0-3``, ``0,2``); ValueError otherwise."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"invalid CPU list {text!r}: use numbers and ranges such as 0-3,6")
+        cpus.update(range(int(first), int(last if dash else first) + 1))
+    return frozenset(cpus)
+
+
+def pin_to(cpus: frozenset[int]) -> None:
+    """Run this process (every thread it starts from now on) on ``cpus`` only."""
+    os.sched_setaffinity(0, cpus)

@@ -131,3 +131,16 @@ def test_admin_token_check() -> None:
     ):
         with pytest.raises(Unauthorized):
             check_admin(headers, "s3cret")
+
+
+def test_cpu_lists_and_worker_shares() -> None:
+    from cli.up import worker_cpus
+    from common.process import parse_cpus
+
+    assert parse_cpus("0") == {0} and parse_cpus("0-3,6") == {0, 1, 2, 3, 6}
+    for bad in ("", "a", "1-", "-1", "0,,1"):
+        with pytest.raises(ValueError, match="CPU list"):
+            parse_cpus(bad)
+    assert [worker_cpus(i, 2, 2) for i in range(2)] == ["0", "1"]
+    assert [worker_cpus(i, 2, 8) for i in range(2)] == ["0-3", "4-7"]
+    assert [worker_cpus(i, 3, 2) for i in range(3)] == ["0", "1", "0"], "more workers than cores share them"

@@ -44,7 +44,7 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
     env["PYTHONUNBUFFERED"] = "1"
     env["AFFINITY_ADMIN_TOKEN"] = "up-token"
     log = (tmp_path / "up.log").open("wb")
-    memory = ["--cpu-memory", "8MiB", "--eviction", "gds"]
+    memory = ["--cpu-memory", "8MiB", "--eviction", "gds", "--cpu-affinity"]
     args = ["up", "--workers", "2", "--models", str(zoo), "--port", str(port), "--grpc-port", str(grpc_port)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", *args, *memory],
@@ -77,6 +77,15 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
         report = request(worker, "GET", "/admin/memory", headers={"Authorization": "Bearer up-token"}).json()
         assert report["policy"] == "gds" and report["tiers"][0]["budget"] == 8 << 20
         assert "up-token" not in " ".join(Path(f"/proc/{c}/cmdline").read_text() for c in children)
+        # Placement: each worker runs on its own share of the cores, with that many threads.
+        cores = os.cpu_count() or 1
+        workers = [c for c in children if "\0worker\0" in Path(f"/proc/{c}/cmdline").read_text()]
+        pinned = [os.sched_getaffinity(w) for w in workers]
+        assert all(pinned) and len(set().union(*pinned)) == min(cores, 2), "disjoint shares of the cores"
+        if cores >= 2:
+            assert not pinned[0] & pinned[1]
+        threads = {Path(f"/proc/{w}/cmdline").read_text().split("\0--threads\0")[1].split("\0")[0] for w in workers}
+        assert threads == {str(max(1, cores // 2))}
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0

@@ -20,6 +20,7 @@ from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
+from common.process import parse_cpus, pin_to
 from common.registration import Heartbeat, Registration
 from common.rest import render_error
 from worker.config import WorkerConfig
@@ -118,5 +119,7 @@ def configure_torch() -> None:
 
 
 async def serve(config: WorkerConfig) -> int:
+    if config.cpus:
+        pin_to(parse_cpus(config.cpus))  # before torch starts a thread
     configure_torch()
     return await serve_until_signalled(Worker(config), config.drain_delay)

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from common.http_limits import HttpLimits
+from common.process import parse_cpus
 from common.units import Amount
 from worker.custom_code import parse_allowed
 from worker.eviction import POLICIES
@@ -36,6 +37,7 @@ class WorkerConfig:
     write_timeout: float = 30.0
     max_elements: int = 1 << 26
     max_queue: int = 256  # requests queued per model; one more is a 503 with Retry-After
+    cpus: str = ""  # CPU list this process runs on (empty: wherever the kernel puts it)
     max_queue_delay: float = 0.0005  # seconds a batch may wait for more requests, when it pays
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
@@ -67,6 +69,8 @@ class WorkerConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.cpus:
+            parse_cpus(self.cpus)
         if self.max_queue < 1 or self.max_queue_delay < 0:
             raise ValueError("--max-queue must be at least 1 and --max-queue-delay cannot be negative")
         if self.models is None and self.remote_store is None:
