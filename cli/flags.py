@@ -62,7 +62,7 @@ class Flags:
         shared admin token has one); ``secret``: never show its value in ``--help``."""
         env = env or env_name(self.command, flag)
         from_env = os.environ.get(env)
-        switch = kwargs.get("action") == "store_true"
+        switch = kwargs.get("action") in ("store_true", argparse.BooleanOptionalAction)
         if from_env is not None:
             default, required = from_env, False  # argparse applies ``type`` to string defaults
             if switch:

@@ -143,7 +143,12 @@ def _up_parser(sub: argparse._SubParsersAction) -> None:
     f = Flags(p, "up")
     f.add("--workers", "worker processes", type=int, default=2)
     f.add("--balancer-processes", "balancer processes sharing its port", type=int, default=1)
-    f.add("--cpu-affinity", "pin each worker to its share of the cores", action="store_true")
+    f.add(
+        "--cpu-affinity",
+        "pin each worker to its own share of the cores (on by default when each gets at least one)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+    )
     f.add("--models", "model repository (default: a demo zoo generated in a temp dir)", type=Path)
     f.add("--host", "address to listen on", default="127.0.0.1")
     f.add("--port", "balancer HTTP port (0: any free port)", type=int, default=8000)

@@ -57,7 +57,7 @@ class UpOptions:
     rescan_interval: float = 10.0
     admin_token: str | None = field(default=None, repr=False)
     allow_code: tuple[str, ...] = ()  # handed to every worker
-    cpu_affinity: bool = False  # pin each worker to its share of the cores
+    cpu_affinity: bool = True  # pin each worker to its share of the cores (when each gets one at least)
     balancer_processes: int = 1
 
     def __post_init__(self) -> None:
@@ -137,7 +137,7 @@ class Cluster:
             worker_args += ["--grpc-port", str(grpc_port)]
             worker_args += ["--models", str(models)] if models is not None else []
             worker_args += ["--threads", str(threads), "--log-level", o.log_level, *o.memory_args(index)]
-            if o.cpu_affinity:
+            if o.cpu_affinity and o.workers <= cores:  # measured to pay (docs/benchmarks.md, throughput)
                 worker_args += ["--cpus", worker_cpus(index, o.workers, cores)]
             proc = self.spawn("worker", worker_args)
             urls.append((f"http://{o.host}:{port}", proc))

@@ -44,7 +44,7 @@ def test_up_serves_and_stops_cleanly(zoo: Path, tmp_path: Path) -> None:
     env["PYTHONUNBUFFERED"] = "1"
     env["AFFINITY_ADMIN_TOKEN"] = "up-token"
     log = (tmp_path / "up.log").open("wb")
-    memory = ["--cpu-memory", "8MiB", "--eviction", "gds", "--cpu-affinity"]
+    memory = ["--cpu-memory", "8MiB", "--eviction", "gds"]  # CPU affinity: on by default
     args = ["up", "--workers", "2", "--models", str(zoo), "--port", str(port), "--grpc-port", str(grpc_port)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", *args, *memory],
