@@ -50,6 +50,15 @@ LARGE_BODY = 128 << 10
 SKIP_REASONS = ("no_store", "not_cacheable", "not_ok", "not_json", "too_large")
 
 
+def scope_of(info: ModelInfo, version: str, tenant: str) -> KeyScope | None:
+    """The cache scope of a version's answers for a tenant (API keys): each tenant's
+    keys live in its own namespace, so no tenant is answered from another's entry."""
+    scope = info.scope(version)
+    if tenant and scope is not None:
+        return scope._replace(namespace=tenant)
+    return scope
+
+
 def cache_flags(header: str | None) -> tuple[bool, bool]:
     """(lookup, store) as a request's Cache-Control allows."""
     if header is None:
@@ -76,7 +85,7 @@ class CacheRules:
         """A repeated small JSON payload's answer, found by its raw bytes (no parsing)."""
         if call.cache_control is not None or len(call.body) > self.large_body or call.encoding != "json":
             return None
-        scope = info.scope(version)
+        scope = scope_of(info, version, call.tenant)
         if scope is None:
             return None
         key = self.memo.get(scope, self.memo.ref(call.body))
@@ -86,7 +95,7 @@ class CacheRules:
         """The plan, decided on the event loop; None when the body is large and
         needs ``plan_large`` (off the loop)."""
         lookup, store = cache_flags(call.cache_control)
-        scope = info.scope(version)
+        scope = scope_of(info, version, call.tenant)
         if scope is None or not (lookup or store):
             if scope is None and store:
                 self._on_store("not_cacheable")
@@ -110,7 +119,7 @@ class CacheRules:
 
     async def plan_large(self, info: ModelInfo, version: str, call: InferCall, started: float) -> RequestPlan:
         lookup, store = cache_flags(call.cache_control)
-        scope = info.scope(version)
+        scope = scope_of(info, version, call.tenant)
         assert scope is not None
         loop = asyncio.get_running_loop()
         if call.encoding != "json":

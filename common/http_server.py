@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ssl
 
 from common.http_connection import Connection
 from common.http_limits import HttpLimits
@@ -71,14 +72,18 @@ class HttpServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, backlog: int = 2048, reuse_port: bool = False) -> int:
+    async def start(
+        self, host: str, port: int, backlog: int = 2048, reuse_port: bool = False, tls: ssl.SSLContext | None = None
+    ) -> int:
         """Listen on host:port (0: any free port); returns the bound port. ``reuse_port``:
-        share the port with sibling processes (SO_REUSEPORT; the kernel spreads connections)."""
+        share the port with sibling processes (SO_REUSEPORT; the kernel spreads connections);
+        ``tls``: serve HTTPS with this context (the handshake within the header timeout)."""
         loop = asyncio.get_running_loop()
         self._tick(loop.time())
         server = await loop.create_server(
-            lambda: Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
-        )
+            lambda: Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None,
+            ssl=tls, ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None,
+        )  # fmt: skip
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
