@@ -22,6 +22,7 @@ from common.api_keys import ApiKeys
 from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
+from common.openapi import OpenApiRoute
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
 from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
@@ -85,6 +86,7 @@ class BalancerHandlers:
         router.add("POST", "/admin/workers/{worker}/drain", self.drain)
         router.add("POST", "/admin/workers/{worker}/undrain", self.undrain)
         router.add("GET", "/admin/cluster", self.cluster)
+        router.add("GET", "/openapi.json", OpenApiRoute("balancer"))
         return router
 
     def infer(self, request: Request) -> Response | Awaitable[Response]:
