@@ -22,7 +22,7 @@ from common.auth import check_exposure
 from protocol.errors import Unauthorized
 from protocol.grpc_codec import request_message
 from protocol.types import InferRequest, Tensor
-from tests.harness import Proc, Server, affinity, free_port, wait_until
+from tests.harness import Proc, Server, affinity, free_port, request, wait_until
 from tests.reference import infer_body, sample_inputs
 from tests.tls_cert import make_certificate
 from tests.wire import INFER
@@ -225,3 +225,14 @@ def test_secrets_never_reach_a_log(secured: Secured, workers: list[Server], logd
     assert "balancer on https://" in text, "the balancer's log was read"
     for secret in (TOKEN, KEY_A, KEY_B, KEY_A[:12], TOKEN[:12]):
         assert secret not in text
+
+
+def test_a_failing_model_says_why_without_paths_or_traces(balancer: Server, workers: list[Server], zoo: Path) -> None:
+    """The zoo's "broken" model has a weights file that is not safetensors: a 500 that
+    names the failure, never the repository's path, a file handle or a traceback."""
+    body = orjson.dumps(infer_body(sample_inputs(zoo, "mlp-00", 1, 3)))
+    for target in (balancer, workers[0]):
+        resp = request(target.url, "POST", "/v2/models/broken/infer", body)
+        assert resp.status == 500, resp.body
+        error = resp.json()["error"]
+        assert error and str(zoo) not in error and "/" not in error and "Traceback" not in error, error
