@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
+import socket
 import ssl
+import struct
 
 from common.http_connection import Connection
 from common.http_limits import HttpLimits
@@ -38,6 +41,21 @@ from common.http_message import (
     UnsafeHeader,
     encode_headers,
 )
+
+log = logging.getLogger(__name__)
+
+# struct tcp_info: eight one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked
+# (offset 24); on a listening socket "unacked" is the accept queue's length (Linux).
+
+
+def queued_connections(sock: socket.socket) -> int:
+    """Connections accepted by the kernel but not yet by this process (Linux; 0 elsewhere)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    except (OSError, AttributeError):
+        return 0
+    return int(struct.unpack_from("<I", info, 24)[0]) if len(info) >= 28 else 0
+
 
 __all__ = [
     "ErrorRenderer",
@@ -104,8 +122,11 @@ class HttpServer:
                 conn.check_timeouts(now)
 
     async def shutdown(self, grace: float = 30.0) -> None:
+        queued = sum(queued_connections(sock) for server in self._servers for sock in server.sockets)
         for server in self._servers:
             server.close()
+        if queued:  # the kernel resets them (unless net.ipv4.tcp_migrate_req hands them to a sibling listener)
+            log.warning("listener closed with %d connection(s) still queued in it", queued)
         for conn in list(self.connections):
             conn.close_when_idle()
         # Until every connection has answered what it received and closed (answers
