@@ -56,7 +56,10 @@ def scope_of(info: ModelInfo, version: str, tenant: str) -> KeyScope | None:
     keys live in its own namespace, so no tenant is answered from another's entry."""
     scope = info.scope(version)
     if tenant and scope is not None:
-        return scope._replace(namespace=tenant)
+        scoped = info.tenant_scopes.get((version, tenant))
+        if scoped is None:
+            scoped = info.tenant_scopes[version, tenant] = scope._replace(namespace=tenant)
+        return scoped
     return scope
 
 

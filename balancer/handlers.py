@@ -5,7 +5,7 @@ hit): it returns a ``Response``, not a coroutine, so the HTTP server writes it
 inside ``data_received`` without creating a task.
 
 With ``--api-keys``, inference and the model and repository-index routes take
-``Authorization: Bearer <key>`` (one digest and one dict lookup:
+``Authorization: Bearer <key>`` (one dict lookup, constant time:
 ``common.api_keys``) and the key's tenant scopes the request's cache keys;
 health, server metadata, ``/metrics`` and ``/openapi.json`` stay open, and the
 admin routes take the admin token instead.
