@@ -10,6 +10,7 @@ from balancer.policy import POLICIES
 from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
 from cli import models as models_cli
+from cli import publish as publish_cli
 from cli.flags import Flags, amount, config_from, names, size
 from common import __version__
 from common.auth import ADMIN_TOKEN_ENV
@@ -171,6 +172,7 @@ def _models_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--seed", "random seed (same seed, same zoo)", type=int, default=0)
     make.set_defaults(run=_run_models_make)
     models_cli.add_parsers(msub)
+    publish_cli.add_parser(msub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -12,6 +13,8 @@ from common.http_limits import HttpLimits
 from common.units import Amount
 from worker.custom_code import parse_allowed
 from worker.eviction import POLICIES
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 DEVICES = ("auto", "none", "stand-in")  # or cuda / cuda:N
 HALF = Amount(share=0.5)
@@ -102,7 +105,12 @@ class WorkerConfig:
 
     @property
     def identity(self) -> str:
-        return self.worker_id or f"{self.host}:{self.port}"
+        """``--worker-id``, or ``host:port``; on a wildcard address (a container's 0.0.0.0) the
+        host's name stands for the host, so replicas of one service never share an id."""
+        if self.worker_id:
+            return self.worker_id
+        host = socket.gethostname() if self.host in WILDCARD_HOSTS else self.host
+        return f"{host}:{self.port}"
 
     @property
     def inference_threads(self) -> int:

@@ -135,6 +135,21 @@ def _soak(scenarios: argparse._SubParsersAction) -> None:
             args.duration, args.rate, args.share, args.warmup, args.workers, args.concurrency, args.models,
             args.out, args.sample, args.cache_size,
         )  # fmt: skip
+def _throughput(scenarios: argparse._SubParsersAction) -> None:
+    p = scenarios.add_parser(
+        "throughput", help="twelve MLPs, every input different, 16 connections: the cluster vs one worker"
+    )
+    f = Flags(p, "bench")
+    f.add("--duration", "seconds measured per row", type=float, default=10.0)
+    f.add("--connections", "wrk's connections (closed loop)", type=int, default=16)
+    f.add("--rate", "open-loop Poisson rate for its row (0: skip the row)", type=float, default=2500.0)
+    f.add("--workers", "the cluster's workers", type=int, default=2)
+    f.add("--out", "directory for the open-loop report", type=Path)
+
+    def run(args: argparse.Namespace) -> int:
+        from cli.bench.throughput import run_throughput
+
+        return run_throughput(args.duration, args.connections, args.rate, args.workers, args.out)
 
     p.set_defaults(run=run)
 
@@ -142,5 +157,5 @@ def _soak(scenarios: argparse._SubParsersAction) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster, one scenario at a time")
     scenarios = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
-    for declare in (_overhead, _cache, _paging, _protocols, _routing, _soak):
+    for declare in (_overhead, _cache, _paging, _protocols, _routing, _throughput, _soak):
         declare(scenarios)
