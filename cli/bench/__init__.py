@@ -135,6 +135,8 @@ def _soak(scenarios: argparse._SubParsersAction) -> None:
             args.duration, args.rate, args.share, args.warmup, args.workers, args.concurrency, args.models,
             args.out, args.sample, args.cache_size,
         )  # fmt: skip
+
+
 def _throughput(scenarios: argparse._SubParsersAction) -> None:
     p = scenarios.add_parser(
         "throughput", help="twelve MLPs, every input different, 16 connections: the cluster vs one worker"

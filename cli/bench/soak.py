@@ -181,7 +181,9 @@ def run_soak(
         "achieved_rps": report["achieved_rps"],
         "cache": report["cache"],
         "rss": rows,
-        "samples": [[round(t - measured_from, 1), {pids[p]: v for p, v in s.items()}] for t, s in sampler.samples],
+        "samples": [
+            [round(t - measured_from, 1), {f"{pids[p]} {p}": v for p, v in s.items()}] for t, s in sampler.samples
+        ],
     }
     (out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     text = render(result, workers)
