@@ -118,10 +118,11 @@ class Balancer:
         )  # fmt: skip
         metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts)
         self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
-        self.http = HttpServer(BalancerHandlers(self.service, self.admin).routes(), render_error, config.http_limits())
+        routes = BalancerHandlers(self.service, self.admin, config.keys).routes()
+        self.http = HttpServer(routes, render_error, config.http_limits())
         self.grpc: GrpcListener | None = None
         if config.grpc_port:
-            self.grpc = GrpcListener(BalancerServicer(self.service).handlers(), config.grpc_max_message)
+            self.grpc = GrpcListener(BalancerServicer(self.service, config.keys).handlers(), config.grpc_max_message)
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port
@@ -155,9 +156,10 @@ class Balancer:
         await self.service.rules.start()
         try:
             shared = self.config.processes > 1
-            self.port = await self.http.start(self.config.host, self.config.port, reuse_port=shared)
+            config = self.config
+            self.port = await self.http.start(config.host, config.port, reuse_port=shared, tls=config.tls_context())
             if self.grpc is not None:
-                self.grpc_port = await self.grpc.start(self.config.host, self.config.grpc_port, reuse_port=shared)
+                self.grpc_port = await self.grpc.start(config.host, config.grpc_port, shared, config.tls_pair())
                 await self.grpc.set_serving()
         except OSError:
             await self.http.shutdown(0)
@@ -174,9 +176,11 @@ class Balancer:
         self._spawn(self.loop_lag.run)
         if self.shared is not None:
             self._spawn(self.shared.run)
+        scheme = "https" if self.config.tls_cert is not None else "http"
+        grpc_note = f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else ""
         log.info(
-            "balancer on http://%s:%d%s, workers from %s discovery (policy %s, cache %s)",
-            self.config.host, self.port, f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else "",
+            "balancer on %s://%s:%d%s, workers from %s discovery (policy %s, cache %s)",
+            scheme, self.config.host, self.port, grpc_note,
             self.source.name, self.config.policy, "redis" if self.config.redis_url else "in-process",
         )  # fmt: skip
 

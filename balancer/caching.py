@@ -3,7 +3,8 @@
 - cacheable: the model is deterministic, has not opted out, and the workers
   agree on the version's weights (``ModelInfo.scope``);
 - flags: ``Cache-Control: no-cache`` skips the lookup, ``no-store`` the store;
-  with both (or an uncacheable model) the body is not even parsed;
+  with both (or an uncacheable model) the body is still checked as a key would
+  be (nothing a worker would refuse as malformed is forwarded), its key unused;
 - key: ``cache.keys`` over typed tensors, scoped by model, version and weights,
   whatever the encoding (a JSON body, the binary extension's raw bytes, a gRPC
   message's raw or typed contents: the same tensors, the same key); a JSON
@@ -50,6 +51,18 @@ LARGE_BODY = 128 << 10
 SKIP_REASONS = ("no_store", "not_cacheable", "not_ok", "not_json", "too_large")
 
 
+def scope_of(info: ModelInfo, version: str, tenant: str) -> KeyScope | None:
+    """The cache scope of a version's answers for a tenant (API keys): each tenant's
+    keys live in its own namespace, so no tenant is answered from another's entry."""
+    scope = info.scope(version)
+    if tenant and scope is not None:
+        scoped = info.tenant_scopes.get((version, tenant))
+        if scoped is None:
+            scoped = info.tenant_scopes[version, tenant] = scope._replace(namespace=tenant)
+        return scoped
+    return scope
+
+
 def cache_flags(header: str | None) -> tuple[bool, bool]:
     """(lookup, store) as a request's Cache-Control allows."""
     if header is None:
@@ -76,7 +89,7 @@ class CacheRules:
         """A repeated small JSON payload's answer, found by its raw bytes (no parsing)."""
         if call.cache_control is not None or len(call.body) > self.large_body or call.encoding != "json":
             return None
-        scope = info.scope(version)
+        scope = scope_of(info, version, call.tenant)
         if scope is None:
             return None
         key = self.memo.get(scope, self.memo.ref(call.body))
@@ -86,15 +99,12 @@ class CacheRules:
         """The plan, decided on the event loop; None when the body is large and
         needs ``plan_large`` (off the loop)."""
         lookup, store = cache_flags(call.cache_control)
-        scope = info.scope(version)
-        if scope is None or not (lookup or store):
-            if scope is None and store:
-                self._on_store("not_cacheable")
-            elif store is False:
-                self._on_store("no_store")
-            return RequestPlan(info.name, version, None, None, False, False, started, info.cache_ttl)
+        scope = scope_of(info, version, call.tenant)
         if len(call.body) > self.large_body:
             return None
+        if scope is None or not (lookup or store):
+            check_request(call, KeyScope(info.name, version))
+            return self._bypass(info, version, scope, store, started)
         if call.encoding == "json":
             obj = loads_object(call.body)
             request_id = request_id_of(obj)
@@ -108,11 +118,27 @@ class CacheRules:
             self._on_store("no_store")
         return RequestPlan(info.name, version, key, request_id, lookup, store, started, info.cache_ttl, rendering)
 
+    def _bypass(
+        self, info: ModelInfo, version: str, scope: KeyScope | None, store: bool, started: float
+    ) -> RequestPlan:
+        """A request whose answer is neither looked up nor stored (already checked)."""
+        if scope is None and store:
+            self._on_store("not_cacheable")
+        elif store is False:
+            self._on_store("no_store")
+        return RequestPlan(info.name, version, None, None, False, False, started, info.cache_ttl)
+
     async def plan_large(self, info: ModelInfo, version: str, call: InferCall, started: float) -> RequestPlan:
         lookup, store = cache_flags(call.cache_control)
-        scope = info.scope(version)
-        assert scope is not None
+        scope = scope_of(info, version, call.tenant)
         loop = asyncio.get_running_loop()
+        if scope is None or not (lookup or store):  # checked as a key would be, off the loop; the key unused
+            unscoped = KeyScope(info.name, version)
+            if call.encoding == "json":
+                await self.key_process.derive(call.body, unscoped)
+            else:
+                await loop.run_in_executor(self._thread_pool(), derive_key, call, unscoped)
+            return self._bypass(info, version, scope, store, started)
         if call.encoding != "json":
             derived_key, derived_id, derived_as = await loop.run_in_executor(
                 self._thread_pool(), derive_key, call, scope
@@ -195,6 +221,18 @@ class CacheRules:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
         await self.key_process.close()
+
+
+def check_request(call: InferCall, scope: KeyScope) -> None:
+    """BadRequest (or PayloadTooLarge) where a request is malformed: the checks a key
+    takes, for a request whose answer will not be cached, so that nothing a worker
+    would refuse as malformed is forwarded."""
+    if call.encoding == "json":
+        obj = loads_object(call.body)
+        request_id_of(obj)
+        key_request(obj)
+    else:
+        derive_key(call, scope)
 
 
 def derive_key(call: InferCall, scope: KeyScope) -> tuple[str, str | None, Rendering]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from balancer.dns import split_host_port
@@ -10,6 +12,8 @@ from balancer.health import HealthSettings
 from balancer.policy import POLICIES
 from balancer.replicas import ReplicaSettings
 from balancer.router import RouterSettings
+from common.api_keys import ApiKeys
+from common.auth import check_exposure
 from common.http_limits import HttpLimits
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
@@ -42,7 +46,7 @@ class BalancerConfig:
     grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     policy: str = "affinity"
     balance_factor: float = 1.25
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
     redis_url: str | None = None
     cache_size: int = 256 << 20
     cache_ttl: float = 3600
@@ -83,6 +87,10 @@ class BalancerConfig:
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
     processes: int = 1  # balancer processes sharing the ports (SO_REUSEPORT); metrics added up
     log_level: str = "INFO"
+    api_keys: Path | None = None  # JSON key -> tenant; inference then needs a key
+    tls_cert: Path | None = None  # PEM certificate (chain) of both fronts; with tls_key
+    tls_key: Path | None = None
+    keys: ApiKeys | None = field(default=None, repr=False, compare=False)  # loaded from api_keys
 
     def http_limits(self) -> HttpLimits:
         return HttpLimits(
@@ -128,9 +136,34 @@ class BalancerConfig:
             raise ValueError("the cache lock timeout, Redis timeout and breaker cooldown must be positive")
         if self.admin_token is not None and not self.admin_token.strip():
             object.__setattr__(self, "admin_token", None)
+        check_exposure(self.host, self.admin_token)
+        if self.api_keys is not None:
+            object.__setattr__(self, "keys", ApiKeys.load(self.api_keys))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        self.tls_context()  # a certificate that does not load is an error at start, not at the first client
         # the parts' own settings check the rest
         self.health_settings()
         self.replica_settings()
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The REST front's server-side TLS context (None: plain HTTP)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS certificate {self.tls_cert} and key {self.tls_key}: {exc}") from None
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    def tls_pair(self) -> tuple[bytes, bytes] | None:
+        """(key, certificate chain) as PEM bytes for the gRPC front (None: plaintext)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return self.tls_key.read_bytes(), self.tls_cert.read_bytes()
 
     def health_settings(self) -> HealthSettings:
         return HealthSettings(

@@ -81,7 +81,7 @@ def _failed(exc: grpc.aio.AioRpcError) -> UpstreamResponse:
     metadata = dict(exc.trailing_metadata() or ())
     code = exc.code()
     status_text = metadata.get(STATUS_KEY)
-    if isinstance(status_text, str) and status_text.isdigit():
+    if isinstance(status_text, str) and status_text.isascii() and status_text.isdigit():
         headers = {"Content-Type": JSON}
         retry_after = metadata.get(RETRY_AFTER_KEY)
         if isinstance(retry_after, str):

@@ -8,6 +8,10 @@ try (``context.time_remaining``). A hit is answered from the one cached answer,
 rendered as protobuf. ``cache-control`` request metadata works as the REST
 header does; ``x-cache``, ``x-served-by`` and ``x-model-source`` come back as
 trailing metadata. Errors map to gRPC statuses from the one table.
+
+With ``--api-keys``, inference, model metadata and readiness and the repository
+index take ``authorization: Bearer <key>`` metadata (UNAUTHENTICATED without a
+known one); the key's tenant scopes the cache keys, as over REST.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from balancer.caching import LARGE_MESSAGE
 from balancer.plan import Answer, InferCall
 from balancer.renderings import GRPC_CONTENT_TYPE
 from balancer.service import BalancerService
+from common.api_keys import ApiKeys
 from common.grpc_server import unary
 from protocol.errors import BadRequest, error_for_status
 from protocol.grpc_messages import infer_target, parse_request
@@ -40,9 +45,21 @@ def _tensors(raw: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
     ]
 
 
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return None
+
+
 class BalancerServicer:
-    def __init__(self, service: BalancerService) -> None:
+    def __init__(self, service: BalancerService, keys: ApiKeys | None = None) -> None:
         self.service = service
+        self.keys = keys
+
+    def _tenant(self, context: Context) -> str:
+        """The caller's tenant ("" without API keys); Unauthorized without a known key."""
+        return "" if self.keys is None else self.keys.tenant(_authorization(context))
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
@@ -60,6 +77,7 @@ class BalancerServicer:
         }
 
     async def model_infer(self, request: bytes, context: Context) -> bytes:
+        tenant = self._tenant(context)
         # A large message is parsed off the event loop, with its key; a small one here.
         if len(request) > LARGE_MESSAGE:
             msg = None
@@ -81,6 +99,7 @@ class BalancerServicer:
             encoding="grpc",
             message=msg,
             timeout=context.time_remaining(),
+            tenant=tenant,
         )
         outcome = self.service.infer(call)
         answer = outcome if isinstance(outcome, Answer) else await outcome
@@ -100,6 +119,7 @@ class BalancerServicer:
         return pb.ServerReadyResponse(ready=self.service.ready)
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        self._tenant(context)
         return pb.ModelReadyResponse(ready=await self.service.model_ready(request.name, request.version or None))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
@@ -107,6 +127,7 @@ class BalancerServicer:
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+        self._tenant(context)
         meta = await self.service.model_metadata(request.name, request.version or None)
         return pb.ModelMetadataResponse(
             name=str(meta.get("name", "")),
@@ -119,6 +140,7 @@ class BalancerServicer:
     async def repository_index(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
+        self._tenant(context)
         rows = await self.service.repository_index(request.ready)
         return pb.RepositoryIndexResponse(
             models=[

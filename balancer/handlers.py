@@ -3,18 +3,26 @@
 The infer handler stays synchronous when the service answers at once (a cache
 hit): it returns a ``Response``, not a coroutine, so the HTTP server writes it
 inside ``data_received`` without creating a task.
+
+With ``--api-keys``, inference and the model and repository-index routes take
+``Authorization: Bearer <key>`` (one dict lookup, constant time:
+``common.api_keys``) and the key's tenant scopes the request's cache keys;
+health, server metadata, ``/metrics`` and ``/openapi.json`` stay open, and the
+admin routes take the admin token instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from balancer.admin import AdminService
 from balancer.plan import Answer, InferCall
 from balancer.service import BalancerService
+from common.api_keys import ApiKeys
 from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
+from common.openapi import OpenApiRoute
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
 from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
@@ -36,11 +44,27 @@ async def _render_later(pending: Awaitable[Answer]) -> Response:
     return render(await pending)
 
 
+Route = Callable[[Request], Response | Awaitable[Response]]
+
+
 class BalancerHandlers:
-    def __init__(self, service: BalancerService, admin: AdminService) -> None:
+    def __init__(self, service: BalancerService, admin: AdminService, keys: ApiKeys | None = None) -> None:
         self.service = service
         self.admin = admin
         self.token = admin.admin_token
+        self.keys = keys
+
+    def _keyed(self, route: Route) -> Route:
+        """The route, behind the API key check when keys are configured."""
+        keys = self.keys
+        if keys is None:
+            return route
+
+        def checked(request: Request) -> Response | Awaitable[Response]:
+            keys.tenant(request.headers.get("authorization"))
+            return route(request)
+
+        return checked
 
     def routes(self) -> Router:
         router = v2_router(
@@ -49,12 +73,12 @@ class BalancerHandlers:
                 live=self.live,
                 ready=self.ready,
                 server_metadata=self.server_metadata,
-                model_metadata=self.model_metadata,
-                model_ready=self.model_ready,
-                model_config=self.model_config,
-                repository_index=self.repository_index,
+                model_metadata=self._keyed(self.model_metadata),
+                model_ready=self._keyed(self.model_ready),
+                model_config=self._keyed(self.model_config),
+                repository_index=self._keyed(self.repository_index),
                 metrics=self.metrics,
-                model_stats=self.model_stats,
+                model_stats=self._keyed(self.model_stats),
                 repository_load=self.repository_load,
                 repository_unload=self.repository_unload,
             )
@@ -62,6 +86,7 @@ class BalancerHandlers:
         router.add("POST", "/admin/workers/{worker}/drain", self.drain)
         router.add("POST", "/admin/workers/{worker}/undrain", self.undrain)
         router.add("GET", "/admin/cluster", self.cluster)
+        router.add("GET", "/openapi.json", OpenApiRoute("balancer"))
         return router
 
     def infer(self, request: Request) -> Response | Awaitable[Response]:
@@ -70,6 +95,8 @@ class BalancerHandlers:
         length = headers.get(BINARY_HEADER)
         given = headers.get(TIMEOUT_HEADER)
         timeout = parse_request_timeout(given) if given is not None else None
+        keys = self.keys
+        tenant = "" if keys is None else keys.tenant(headers.get("authorization"))
         if length is None:
             call = InferCall(
                 match["name"],
@@ -78,6 +105,7 @@ class BalancerHandlers:
                 headers.get("content-type", JSON),
                 headers.get("cache-control"),
                 timeout=timeout,
+                tenant=tenant,
             )
         else:  # the binary tensor data extension: forwarded as it came, keyed from its raw bytes
             call = InferCall(
@@ -89,6 +117,7 @@ class BalancerHandlers:
                 encoding="binary",
                 header_length=binary_codec.header_length(length),
                 timeout=timeout,
+                tenant=tenant,
             )
         outcome = self.service.infer(call)
         return render(outcome) if isinstance(outcome, Answer) else _render_later(outcome)

@@ -39,6 +39,8 @@ class ModelInfo:
     scopes: dict[str, KeyScope] = field(default_factory=dict)
     cache_ttl: float | None = None
     replicas: tuple[int, int | None] = (1, None)  # (min, max) hot-model replicas; max None: the default
+    # (version, tenant) -> that tenant's scope, made on first use (API keys): the hit path looks it up
+    tenant_scopes: dict[tuple[str, str], KeyScope] = field(default_factory=dict, compare=False)
 
     def scope(self, version: str) -> KeyScope | None:
         """The cache scope of a version's answers, None when they must not be cached."""

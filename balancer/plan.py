@@ -19,7 +19,8 @@ class InferCall:
               binary  REST, the binary extension (``header_length`` set)
               grpc    a serialised ModelInferRequest (``message``: it parsed)
     ``timeout``: the seconds the caller's deadline leaves (gRPC, or REST's X-Request-Timeout),
-    None for the balancer's default."""
+    None for the balancer's default; ``tenant``: the API key's tenant, the namespace
+    of the request's cache keys ("" without API keys)."""
 
     model: str
     version: str | None
@@ -31,6 +32,7 @@ class InferCall:
     header_length: int | None = None
     message: Any = None
     timeout: float | None = None
+    tenant: str = ""
 
 
 @dataclass(slots=True)

@@ -89,6 +89,10 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
     f.add("--admin-token", "token the admin routes require, sent to the workers' repository routes",
           env=ADMIN_TOKEN_ENV, secret=True)  # fmt: skip
+    f.add("--api-keys", "JSON file of API key -> tenant: inference then needs Authorization: Bearer <key>, "
+          "and each tenant's answers are cached apart", type=Path)  # fmt: skip
+    f.add("--tls-cert", "PEM certificate (chain) for TLS on the REST and gRPC fronts (with --tls-key)", type=Path)
+    f.add("--tls-key", "PEM private key of --tls-cert", type=Path)
     f.add("--redis-url", "Redis URL for the shared cache layer (redis+cluster://host:port for a cluster)")
     f.add("--cache-size", "in-process cache size", type=size, default="256MiB")
     f.add(

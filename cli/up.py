@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from common.auth import ADMIN_TOKEN_ENV
+from common.auth import ADMIN_TOKEN_ENV, check_exposure
 from common.process import affinity_command, check_port_free, free_port, http_status, spawn, stop, wait_ready
 from common.units import Amount
 
@@ -67,6 +67,7 @@ class UpOptions:
 
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        check_exposure(self.host, self.admin_token)
 
     def memory_args(self, index: int) -> list[str]:
         """The memory flags of the ``index``-th worker."""

@@ -82,10 +82,13 @@ class GrpcListener:
         self._server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+    async def start(
+        self, host: str, port: int, reuse_port: bool = False, tls: tuple[bytes, bytes] | None = None
+    ) -> int:
         """Listen on ``host:port``; the bound port. OSError when it cannot bind.
         ``reuse_port``: share the port with sibling processes (otherwise a port in
-        use is an error, never silently shared)."""
+        use is an error, never silently shared); ``tls``: (private key, certificate
+        chain) as PEM, for a TLS listener."""
         options = [
             ("grpc.max_receive_message_length", self.max_message),
             ("grpc.max_send_message_length", self.max_message),
@@ -95,7 +98,10 @@ class GrpcListener:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            if tls is None:
+                bound = server.add_insecure_port(f"{host}:{port}")
+            else:
+                bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([tls]))
         except RuntimeError as exc:
             raise OSError(f"gRPC cannot listen on {host}:{port}") from exc
         if bound == 0:

@@ -27,8 +27,10 @@ class _Node:
 class Router:
     def __init__(self) -> None:
         self._root = _Node()
+        self.patterns: list[tuple[str, str]] = []  # (method, pattern) as added: the API's route list
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
+        self.patterns.append((method, pattern))
         node = self._root
         for segment in pattern.strip("/").split("/"):
             if segment.startswith("{") and segment.endswith("}"):

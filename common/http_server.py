@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
+import socket
+import ssl
+import struct
 
 from common.http_connection import Connection
 from common.http_limits import HttpLimits
@@ -37,6 +41,21 @@ from common.http_message import (
     UnsafeHeader,
     encode_headers,
 )
+
+log = logging.getLogger(__name__)
+
+# struct tcp_info: eight one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked
+# (offset 24); on a listening socket "unacked" is the accept queue's length (Linux).
+
+
+def queued_connections(sock: socket.socket) -> int:
+    """Connections accepted by the kernel but not yet by this process (Linux; 0 elsewhere)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    except (OSError, AttributeError):
+        return 0
+    return int(struct.unpack_from("<I", info, 24)[0]) if len(info) >= 28 else 0
+
 
 __all__ = [
     "ErrorRenderer",
@@ -71,14 +90,18 @@ class HttpServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, backlog: int = 2048, reuse_port: bool = False) -> int:
+    async def start(
+        self, host: str, port: int, backlog: int = 2048, reuse_port: bool = False, tls: ssl.SSLContext | None = None
+    ) -> int:
         """Listen on host:port (0: any free port); returns the bound port. ``reuse_port``:
-        share the port with sibling processes (SO_REUSEPORT; the kernel spreads connections)."""
+        share the port with sibling processes (SO_REUSEPORT; the kernel spreads connections);
+        ``tls``: serve HTTPS with this context (the handshake within the header timeout)."""
         loop = asyncio.get_running_loop()
         self._tick(loop.time())
         server = await loop.create_server(
-            lambda: Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None
-        )
+            lambda: Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None,
+            ssl=tls, ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None,
+        )  # fmt: skip
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
@@ -99,8 +122,11 @@ class HttpServer:
                 conn.check_timeouts(now)
 
     async def shutdown(self, grace: float = 30.0) -> None:
+        queued = sum(queued_connections(sock) for server in self._servers for sock in server.sockets)
         for server in self._servers:
             server.close()
+        if queued:  # the kernel resets them (unless net.ipv4.tcp_migrate_req hands them to a sibling listener)
+            log.warning("listener closed with %d connection(s) still queued in it", queued)
         for conn in list(self.connections):
             conn.close_when_idle()
         # Until every connection has answered what it received and closed (answers

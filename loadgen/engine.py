@@ -102,6 +102,7 @@ class Engine:
         config = self.config
         self._start = start_at
         self._measure = start_at + config.warmup
+        self.stats.measured_from = self._measure
         end = self._measure + config.duration
         await self.client.start()
         ticker = asyncio.create_task(self._ticks(tick)) if tick is not None else None

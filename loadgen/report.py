@@ -100,6 +100,7 @@ class Report:
     generator: GeneratorCost
     series: list[SecondRow]
     histogram: str  # the latency histogram, HDR's compressed base64 form (microseconds)
+    measured_from: float = 0.0  # time.monotonic() of the series' second 0 (the host's one clock), to align events
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -129,6 +130,7 @@ class Report:
             generator=GeneratorCost(**raw["generator"]),
             series=[SecondRow(**row) for row in raw["series"]],
             histogram=raw["histogram"],
+            measured_from=raw.get("measured_from", 0.0),
         )
 
     def write(self, path: Path) -> None:
@@ -204,4 +206,5 @@ def build_report(config: LoadConfig, target: Target, stats: RunStats) -> Report:
         ),
         series=series,
         histogram=stats.latency.encode(),
+        measured_from=stats.measured_from,
     )

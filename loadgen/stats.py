@@ -67,6 +67,7 @@ class RunStats:
     wall_seconds: float = 0.0
     processes: int = 1
     repeats: int = 0
+    measured_from: float = 0.0  # time.monotonic() (one clock for every process on the host) of second 0
 
     @property
     def sent(self) -> int:
@@ -138,6 +139,7 @@ class RunStats:
         self.wall_seconds = max(self.wall_seconds, other.wall_seconds)
         self.processes += other.processes
         self.repeats += other.repeats
+        self.measured_from = self.measured_from or other.measured_from
 
     def to_wire(self) -> dict[str, Any]:
         """Plain data (strings, numbers) to cross a process boundary."""
@@ -155,6 +157,7 @@ class RunStats:
                 for i, s in sorted(self.seconds.items())
             ],
             "generator": [self.requests_total, self.cpu_seconds, self.wall_seconds, self.processes, self.repeats],
+            "measured_from": self.measured_from,
         }
 
     @classmethod
@@ -170,6 +173,7 @@ class RunStats:
             latency = LatencyHistogram.decode(hist, SECOND_DIGITS)
             stats.seconds[i] = Second(offered, dropped, ok, errors, completed, latency)
         stats.requests_total, stats.cpu_seconds, stats.wall_seconds, stats.processes, stats.repeats = wire["generator"]
+        stats.measured_from = wire.get("measured_from", 0.0)
         return stats
 
 

@@ -55,7 +55,7 @@ def header_length(value: str | None) -> int | None:
     """The header's length from ``Inference-Header-Content-Length`` (None: absent)."""
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:  # "¹" is a digit to str.isdigit
         raise BadRequest(f"{HEADER} must be a non-negative integer")
     return int(value)
 

@@ -80,7 +80,10 @@ def pack(datatype: str, values: list[Any], name: str) -> bytes:
         if code is None:
             raise BadRequest(f"input '{name}': unknown datatype {datatype[:32]!r}")
         # array() itself refuses strings, nulls, lists and (for integer types)
-        # fractions with a TypeError, and out-of-range integers with an OverflowError.
+        # fractions with a TypeError, and out-of-range integers with an OverflowError;
+        # it would take JSON's true and false as 1 and 0, which a worker refuses.
+        if bool in set(map(type, values)):
+            raise TypeError
         arr = array(code, values)
     except (TypeError, struct.error):
         raise BadRequest(f"input '{name}': data does not match datatype {datatype}") from None

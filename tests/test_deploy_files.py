@@ -438,10 +438,17 @@ def test_workers_on_a_wildcard_address_take_the_hostname_as_their_id(tmp_path: P
     import socket
 
     store = tmp_path.as_uri()
-    assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store).identity == f"{socket.gethostname()}:8100"
-    assert WorkerConfig(host="::", port=8100, remote_store=store).identity == f"{socket.gethostname()}:8100"
+    token = "t0ken"  # a wildcard address needs the admin token (tests/test_security.py)
+    assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store, admin_token=token).identity == (
+        f"{socket.gethostname()}:8100"
+    )
+    assert WorkerConfig(host="::", port=8100, remote_store=store, admin_token=token).identity == (
+        f"{socket.gethostname()}:8100"
+    )
     assert WorkerConfig(host="127.0.0.2", port=8100, remote_store=store).identity == "127.0.0.2:8100"
-    assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store, worker_id="w-0").identity == "w-0"
+    assert WorkerConfig(host="0.0.0.0", port=8100, remote_store=store, worker_id="w-0", admin_token=token).identity == (
+        "w-0"
+    )
     assert compose()["services"]["worker"]["environment"]["AFFINITY_WORKER_HOST"] == "0.0.0.0"
 
 

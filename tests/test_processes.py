@@ -76,3 +76,24 @@ def test_a_process_stopped_alone_is_replaced_and_requests_keep_flowing(
         assert old[1] in balancers_of(front), "the other process kept running"
     finally:
         front.proc.stop()
+
+
+def test_a_closing_listener_counts_the_connections_still_queued_in_it() -> None:
+    """What a dying balancer process logs (``listener closed with N connection(s)
+    still queued``): the kernel's accept queue, read from TCP_INFO."""
+    import socket
+
+    from common.http_server import queued_connections
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            wait_until(lambda: queued_connections(listener) == 3, 5, 0.01)
+            accepted, _ = listener.accept()
+            accepted.close()
+            assert queued_connections(listener) == 2
+        finally:
+            for c in clients:
+                c.close()

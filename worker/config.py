@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from common.auth import check_exposure
 from common.http_limits import HttpLimits
 from common.process import parse_cpus
 from common.units import Amount
@@ -99,6 +100,7 @@ class WorkerConfig:
             raise ValueError("--remote-endpoint needs --remote-store s3://...")
         if self.admin_token is not None and not self.admin_token.strip():
             raise ValueError("the admin token cannot be empty")
+        check_exposure(self.host, self.admin_token)
         object.__setattr__(self, "allow_code", parse_allowed(self.allow_code))
         if self.capacity < 0 or not self.register_ttl > 0:
             raise ValueError("capacity cannot be negative and the registration TTL must be positive")

@@ -16,6 +16,7 @@ from typing import Any
 from common.auth import check_admin
 from common.http_router import Router
 from common.http_server import Request, Response
+from common.openapi import OpenApiRoute
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
 from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
@@ -72,6 +73,7 @@ class WorkerHandlers:
             )
         )
         router.add("GET", "/admin/memory", self.memory)
+        router.add("GET", "/openapi.json", OpenApiRoute("worker"))
         return router
 
     async def infer(self, request: Request) -> Response:

@@ -110,6 +110,33 @@ def _routing(scenarios: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _soak(scenarios: argparse._SubParsersAction) -> None:
+    p = scenarios.add_parser(
+        "soak", help="minutes at 70%% of capacity: errors, and every process's RSS at start and end (not in CI)"
+    )
+    f = Flags(p, "bench")
+    f.add("--duration", "minutes measured", type=float, default=10.0)
+    f.add("--rate", "requests a second (0: measure capacity first, run at --share of it)", type=float, default=0.0)
+    f.add("--share", "share of the measured capacity to run at", type=float, default=0.7)
+    f.add("--warmup", "seconds of load before the window (RSS start is taken after it)", type=float, default=60.0)
+    f.add("--cache-size", "the balancer's in-process cache (filled during the warm-up)", type=size, default="32MiB")
+    f.add("--workers", "worker processes", type=int, default=2)
+    f.add("--concurrency", "closed-loop clients of the capacity run", type=int, default=16)
+    f.add("--sample", "seconds between RSS samples", type=float, default=5.0)
+    f.add("--models", "model repository (default: a generated zoo of 8 models, 1-4 MiB)", type=Path)
+    f.add("--out", "directory for the reports, soak.md and soak.json", type=Path, default="results/bench-soak")
+
+    def run(args: argparse.Namespace) -> int:
+        from cli.bench.soak import run_soak
+
+        if not args.duration > 0 or args.rate < 0 or not 0 < args.share <= 1:
+            raise ValueError("--duration must be positive, --rate not negative, --share in (0, 1]")
+        return run_soak(
+            args.duration, args.rate, args.share, args.warmup, args.workers, args.concurrency, args.models,
+            args.out, args.sample, args.cache_size,
+        )  # fmt: skip
+
+
 def _throughput(scenarios: argparse._SubParsersAction) -> None:
     p = scenarios.add_parser(
         "throughput", help="twelve MLPs, every input different, 16 connections: the cluster vs one worker"
@@ -132,5 +159,5 @@ def _throughput(scenarios: argparse._SubParsersAction) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks on a local cluster, one scenario at a time")
     scenarios = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
-    for declare in (_overhead, _cache, _paging, _protocols, _routing, _throughput):
+    for declare in (_overhead, _cache, _paging, _protocols, _routing, _throughput, _soak):
         declare(scenarios)

@@ -58,7 +58,9 @@ def zoo_bytes(models: Path) -> int:
 class BenchCluster:
     """Workers and one balancer as child processes, logs in ``logdir``."""
 
-    def __init__(self, models: Path, workers: int, budget: int, policy: str, logdir: Path) -> None:
+    def __init__(
+        self, models: Path, workers: int, budget: int, policy: str, logdir: Path, balancer_args: tuple[str, ...] = ()
+    ) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[object] = []
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -73,7 +75,7 @@ class BenchCluster:
             wait_ready(url + "/v2/health/ready", proc)
         port = free_port()
         args = ["balancer", "--workers", ",".join(urls), "--port", str(port), "--grpc-port", "0", "--policy", policy]
-        args += ["--log-level", "WARNING"]
+        args += ["--log-level", "WARNING", *balancer_args]
         balancer = self._spawn(args, logdir / f"{policy}-balancer.log")
         self.url = f"http://127.0.0.1:{port}"
         wait_ready(self.url + "/v2/health/ready", balancer)

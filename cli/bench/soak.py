@@ -1,0 +1,223 @@
+"""``affinity bench soak``: a long run at 70% of capacity, watching every process's
+resident memory (not part of CI).
+
+1. A local cluster (``BenchCluster``: workers and a balancer), a generated zoo
+   unless ``--models``; every model fits the workers' budgets, so what grows is
+   the processes, not the paging.
+2. Capacity: unless ``--rate`` is given, a closed-loop run (``--concurrency``
+   clients) measures the answers a second the cluster sustains; the soak runs at
+   ``--share`` (0.7) of it.
+3. The soak: one open-loop ``affinity loadgen`` run (Poisson, a share of the
+   bodies repeated, so the cache both hits and grows) for ``--duration``
+   minutes after ``--warmup`` seconds. The balancer's cache is bounded by
+   ``--cache-size`` (32 MiB): it fills during the warm-up, so growth after it
+   is the processes' own, not a cache doing its job. Every process's RSS (the balancer, its
+   key process, each worker) is sampled every ``--sample`` seconds; start is
+   the first sample in the measured window, end the last.
+
+Goals (printed with the figures): zero errors, zero dropped, every process's RSS
+growing less than 5% from start to end. Exit status 1 when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from cli.bench.routing import BenchCluster, zoo_bytes
+from common.process import affinity_command
+
+GROWTH_GOAL = 0.05
+
+
+def rss(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children and theirs (Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_name(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    text = " ".join(a.decode(errors="replace") for a in args if a)
+    for role in ("balancer", "worker", "key_process"):
+        if role in text:
+            return role
+    return text.split(" ")[-1][:40]
+
+
+@dataclass
+class Sampler:
+    """RSS of every watched process every ``every`` seconds, on a thread."""
+
+    pids: dict[int, str]
+    every: float
+    samples: list[tuple[float, dict[int, int]]] = field(default_factory=list)
+    _done: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Sampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            taken = {pid: value for pid in self.pids if (value := rss(pid)) is not None}
+            self.samples.append((time.monotonic(), taken))
+            if self._done.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def loadgen(args: list[str], out: Path, timeout: float) -> dict[str, object]:
+    subprocess.run(
+        affinity_command("loadgen", *args, "--out", str(out)), check=True, stdout=subprocess.DEVNULL, timeout=timeout
+    )
+    report: dict[str, object] = orjson.loads((out / "report.json").read_bytes())
+    return report
+
+
+def run_soak(
+    minutes: float,
+    rate: float,
+    share: float,
+    warmup: float,
+    workers: int,
+    concurrency: int,
+    models: Path | None,
+    out: Path,
+    sample: float,
+    cache_size: int = 32 << 20,
+) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if models is None:
+            from worker.zoo import make_zoo
+
+            models = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-soak-")))
+            make_zoo(models, count=8, min_size=1 << 20, max_size=4 << 20)
+        budget = zoo_bytes(models) + (64 << 20)  # every model fits each worker
+        cluster = BenchCluster(models, workers, budget, "affinity", out, ("--cache-size", str(cache_size)))
+        stack.callback(cluster.stop)
+        capacity = None
+        if rate <= 0:
+            print(f"measuring capacity: closed loop, {concurrency} clients, 15 s ...", flush=True)
+            args = ["--url", cluster.url, "--concurrency", str(concurrency), "--duration", "15", "--warmup", "5"]
+            report = loadgen([*args, "--timeout", "30"], out / "capacity", 120)
+            capacity = float(report["achieved_rps"])  # type: ignore[arg-type]
+            rate = share * capacity
+        seconds = minutes * 60
+        pids = {p.pid: "" for p in cluster.procs}
+        for p in cluster.procs:
+            for child in descendants(p.pid):
+                pids[child] = ""
+        for pid in pids:
+            pids[pid] = process_name(pid)
+        print(f"soak: {rate:.0f} req/s for {minutes:g} min after {warmup:g} s warm-up ...", flush=True)
+        sampler = Sampler(pids, sample).start()
+        try:
+            args = ["--url", cluster.url, "--rate", f"{rate:.1f}", "--duration", f"{seconds:g}"]
+            args += ["--warmup", f"{warmup:g}", "--repeat", "0.3", "--popularity", "zipf:1.1", "--timeout", "30"]
+            report = loadgen(args, out / "soak", seconds + warmup + 300)
+        finally:
+            sampler.stop()
+    measured_from = float(report.get("measured_from", 0.0))  # type: ignore[arg-type]
+    window = [(t, s) for t, s in sampler.samples if t >= measured_from] or sampler.samples
+    first, last = window[0][1], window[-1][1]
+    rows: list[dict[str, object]] = []
+    grown = []
+    for pid, name in pids.items():
+        if pid in first and pid in last:
+            growth = (last[pid] - first[pid]) / first[pid]
+            rows.append({"process": name, "pid": pid, "start": first[pid], "end": last[pid], "growth": growth})
+            if growth >= GROWTH_GOAL:
+                grown.append(name)
+    counts = report["counts"]
+    assert isinstance(counts, dict)
+    result = {
+        "minutes": minutes,
+        "rate": rate,
+        "capacity": capacity,
+        "share": share if capacity is not None else None,
+        "counts": counts,
+        "errors_by_kind": report["errors_by_kind"],
+        "latency_ms": report["latency_ms"],
+        "achieved_rps": report["achieved_rps"],
+        "cache": report["cache"],
+        "rss": rows,
+        "samples": [
+            [round(t - measured_from, 1), {f"{pids[p]} {p}": v for p, v in s.items()}] for t, s in sampler.samples
+        ],
+    }
+    (out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    text = render(result, workers)
+    (out / "soak.md").write_text(text + "\n")
+    print(text)
+    return 1 if counts["errors"] or counts["dropped"] or grown else 0
+
+
+def render(result: dict[str, object], workers: int) -> str:
+    counts = result["counts"]
+    latency = result["latency_ms"]
+    assert isinstance(counts, dict) and isinstance(latency, dict)
+    capacity = result["capacity"]
+    rate_note = (
+        f"{result['rate']:.0f} req/s = {result['share']:g} x the {capacity:.0f} req/s measured closed-loop"
+        if capacity is not None
+        else f"{result['rate']:.0f} req/s (given)"
+    )
+    lines = [
+        f"`affinity bench soak` on {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}: {workers} workers, {result['minutes']:g} min at {rate_note}",
+        "",
+        f"sent {counts['sent']}, ok {counts['ok']}, errors {counts['errors']}, dropped {counts['dropped']}; "
+        f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms",
+        "",
+        "| process | RSS at start | RSS at end | growth | goal < 5% |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    rows = result["rss"]
+    assert isinstance(rows, list)
+    for r in rows:
+        met = "met" if r["growth"] < GROWTH_GOAL else "missed"
+        lines.append(
+            f"| {r['process']} ({r['pid']}) | {r['start'] / 2**20:.1f} MiB | {r['end'] / 2**20:.1f} MiB "
+            f"| {100 * r['growth']:+.1f}% | {met} |"
+        )
+    return "\n".join(lines)
