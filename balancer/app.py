@@ -122,7 +122,8 @@ class Balancer:
         self.http = HttpServer(routes, render_error, config.http_limits())
         self.grpc: GrpcListener | None = None
         if config.grpc_port:
-            self.grpc = GrpcListener(BalancerServicer(self.service, config.keys).handlers(), config.grpc_max_message)
+            servicer = BalancerServicer(self.service, self.admin, config.keys)
+            self.grpc = GrpcListener(servicer.handlers(), config.grpc_max_message)
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop_lag = LoopLag(metrics.registry)
         self.port = config.port

@@ -9,6 +9,9 @@ rendered as protobuf. ``cache-control`` request metadata works as the REST
 header does; ``x-cache``, ``x-served-by`` and ``x-model-source`` come back as
 trailing metadata. Errors map to gRPC statuses from the one table.
 
+The repository's load and unload take the admin token as ``authorization:
+Bearer <token>`` metadata and go to the model's home workers, as over REST.
+
 With ``--api-keys``, inference, model metadata and readiness and the repository
 index take ``authorization: Bearer <key>`` metadata (UNAUTHENTICATED without a
 known one); the key's tenant scopes the cache keys, as over REST.
@@ -21,21 +24,19 @@ from typing import Any
 import grpc
 import orjson
 
+from balancer.admin import AdminService
 from balancer.caching import LARGE_MESSAGE
 from balancer.plan import Answer, InferCall
 from balancer.renderings import GRPC_CONTENT_TYPE
 from balancer.service import BalancerService
 from common.api_keys import ApiKeys
-from common.grpc_server import unary
+from common.auth import check_admin
+from common.grpc_server import metadata_headers, unary
 from protocol.errors import BadRequest, error_for_status
-from protocol.grpc_messages import infer_target, parse_request
+from protocol.grpc_messages import infer_target, parse_request, repository_body
 from protocol.grpc_service import inference_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no types)
-
-
-async def unimplemented(request: object, context: Context) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "repository load and unload are not served over gRPC")
 
 
 def _tensors(raw: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
@@ -45,21 +46,15 @@ def _tensors(raw: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
     ]
 
 
-def _authorization(context: Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            return value
-    return None
-
-
 class BalancerServicer:
-    def __init__(self, service: BalancerService, keys: ApiKeys | None = None) -> None:
+    def __init__(self, service: BalancerService, admin: AdminService, keys: ApiKeys | None = None) -> None:
         self.service = service
+        self.admin = admin
         self.keys = keys
 
     def _tenant(self, context: Context) -> str:
         """The caller's tenant ("" without API keys); Unauthorized without a known key."""
-        return "" if self.keys is None else self.keys.tenant(_authorization(context))
+        return "" if self.keys is None else self.keys.tenant(metadata_headers(context).get("authorization"))
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
@@ -70,9 +65,11 @@ class BalancerServicer:
             "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-            "RepositoryModelLoad": unary(unimplemented, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+            "RepositoryModelLoad": unary(
+                self.repository_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+            ),
             "RepositoryModelUnload": unary(
-                unimplemented, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+                self.repository_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
             ),
         }
 
@@ -150,6 +147,22 @@ class BalancerServicer:
                 for r in rows
             ]
         )
+
+    async def repository_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """As REST's load: the admin token (``authorization`` metadata); the model's
+        home workers load it, with the same parameters."""
+        check_admin(metadata_headers(context), self.admin.admin_token)
+        await self.admin.repository(request.model_name, "load", repository_body(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        check_admin(metadata_headers(context), self.admin.admin_token)
+        await self.admin.repository(request.model_name, "unload", repository_body(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
 
 
 def _message(body: bytes, status: int) -> str:

@@ -124,3 +124,9 @@ class GrpcListener:
             await self.drain()
             await self._server.stop(grace)
             self._server = None
+
+
+def metadata_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata as headers (gRPC keys are lower-case already), so a
+    call is checked by the same rules as a REST request (the admin token, API keys)."""
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from google.protobuf.message import DecodeError
 
 from protocol.binary_codec import (
@@ -77,8 +78,6 @@ def parameters_to_proto(target: Any, params: Parameters | None) -> None:
         elif isinstance(value, str):
             slot.string_param = value
         else:
-            import orjson
-
             slot.string_param = orjson.dumps(value).decode()
 
 
@@ -277,3 +276,18 @@ def infer_target(body: bytes) -> tuple[str, str]:
     if at != len(body):
         raise BadRequest("malformed ModelInferRequest")
     return fields[1], fields[2]
+
+
+def repository_body(parameters: Any) -> bytes:
+    """A repository load or unload message's ``parameters`` as the REST body
+    (``{"parameters": {...}}``), so both fronts share one set of rules for them.
+    A ``bytes_param`` has no JSON form: a BadRequest."""
+    values: dict[str, Any] = {}
+    for name, param in parameters.items():
+        kind = param.WhichOneof("parameter_choice")
+        if kind is None:
+            continue
+        if kind == "bytes_param":
+            raise BadRequest(f"repository parameter '{name}' is bytes: this server takes none")
+        values[name] = getattr(param, kind)
+    return orjson.dumps({"parameters": values}) if values else b""

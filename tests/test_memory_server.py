@@ -9,11 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import orjson
 import pytest
 
-from tests.harness import Server, private_cluster, request, start_worker, wait_until
+from protocol.grpc_service import inference_pb2 as pb
+from protocol.grpc_service.inference_pb2_grpc import GRPCInferenceServiceStub
+from tests.harness import Server, private_cluster, request, start_balancer, start_worker, wait_until
 from tests.memory_fixtures import sizes
 from tests.metrics_text import metric_sum
 from tests.reference import infer_body, run_reference, sample_inputs
@@ -186,6 +189,63 @@ def test_load_and_unload_routes_take_the_admin_token(zoo: Path, logdir: Path) ->
         assert resp.status == 400 and "config" in resp.json()["error"]
         assert request(worker.url, "POST", "/v2/repository/models/broken/load", b"", AUTH).status == 500
     finally:
+        worker.proc.stop()
+
+
+def _resident(worker: Server, model: str) -> list[dict[str, Any]]:
+    return [m for m in _tier(_memory(worker, AUTH), "cpu")["models"] if m["name"] == model]
+
+
+def _grpc_status(call: Any, message: Any, metadata: tuple[tuple[str, str], ...] = ()) -> grpc.StatusCode:
+    try:
+        call(message, timeout=30, metadata=metadata)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_grpc_repository_load_and_unload_work_as_rest_on_worker_and_balancer(zoo: Path, logdir: Path) -> None:
+    """RepositoryModelLoad and RepositoryModelUnload: the admin token as metadata, the
+    same parameters as REST, the same errors as gRPC statuses; through the balancer
+    they reach the model's home worker."""
+    worker = start_worker(zoo, logdir, "--admin-token", TOKEN).wait_ready()
+    balancer = start_balancer([worker], logdir, "--admin-token", TOKEN).wait_ready()
+    token = (("authorization", f"Bearer {TOKEN}"),)
+    try:
+        for target, model in ((worker.grpc, "mlp-00"), (balancer.grpc, "cnn-01")):
+            assert target is not None
+            with grpc.insecure_channel(target) as channel:
+                stub = GRPCInferenceServiceStub(channel)
+                pinned = pb.RepositoryModelLoadRequest(model_name=model)
+                pinned.parameters["pinned"].bool_param = True
+                for metadata in ((), (("authorization", "Bearer wrong"),)):
+                    assert _grpc_status(stub.RepositoryModelLoad, pinned, metadata) == grpc.StatusCode.UNAUTHENTICATED
+                    unload = pb.RepositoryModelUnloadRequest(model_name=model)
+                    assert _grpc_status(stub.RepositoryModelUnload, unload, metadata) == grpc.StatusCode.UNAUTHENTICATED
+                assert not _resident(worker, model), "nothing loaded without the token"
+
+                assert _grpc_status(stub.RepositoryModelLoad, pinned, token) == grpc.StatusCode.OK
+                [row] = _resident(worker, model)
+                assert row["pinned"] is True
+                resp, inputs = _infer(worker, zoo, model, seed=11)
+                assert resp.headers["x-model-source"] == "cpu", "loaded before the first request"
+                _check_answer(resp, zoo, model, inputs)
+
+                unload = pb.RepositoryModelUnloadRequest(model_name=model)
+                assert _grpc_status(stub.RepositoryModelUnload, unload, token) == grpc.StatusCode.OK
+                assert not _resident(worker, model)
+
+                missing = pb.RepositoryModelLoadRequest(model_name="no-such")
+                assert _grpc_status(stub.RepositoryModelLoad, missing, token) == grpc.StatusCode.NOT_FOUND
+                config = pb.RepositoryModelLoadRequest(model_name=model)
+                config.parameters["config"].string_param = "{}"
+                assert _grpc_status(stub.RepositoryModelLoad, config, token) == grpc.StatusCode.INVALID_ARGUMENT
+                raw = pb.RepositoryModelLoadRequest(model_name=model)
+                raw.parameters["version"].bytes_param = b"1"
+                assert _grpc_status(stub.RepositoryModelLoad, raw, token) == grpc.StatusCode.INVALID_ARGUMENT
+                assert not _resident(worker, model), "a refused load loads nothing"
+    finally:
+        balancer.proc.stop()
         worker.proc.stop()
 
 

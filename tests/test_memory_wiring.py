@@ -13,10 +13,10 @@ import pytest
 
 from common.units import Amount, parse_amount
 from protocol.errors import BadRequest, ModelNotFound
+from protocol.repository import load_parameters
 from protocol.stats import ModelStats, combine, parse_stats_body, stats_body
 from worker.catalog import Catalog
 from worker.config import WorkerConfig
-from worker.handlers import load_parameters
 from worker.host_memory import process_memory
 from worker.manifest import write_manifest
 from worker.remote_store import DirectoryStore, RemoteStoreError

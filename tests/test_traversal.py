@@ -109,6 +109,8 @@ def test_traversal_names_open_nothing_outside_the_repository(watched: tuple[Serv
                     ("ModelInfer", pb.ModelInferRequest(model_name=name, inputs=[pb.ModelInferRequest.InferInputTensor(
                         name="input", datatype="FP32", shape=[1, 64], contents=pb.InferTensorContents(
                             fp32_contents=[0.5] * 64))])),
+                    ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=name)),
+                    ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=name)),
                 ]  # fmt: skip
                 for method, message in calls:
                     try:

@@ -16,10 +16,12 @@ from typing import Any
 
 import grpc
 
-from common.grpc_server import unary
+from common.auth import check_admin
+from common.grpc_server import metadata_headers, unary
 from protocol.errors import BadRequest
-from protocol.grpc_messages import infer_target
+from protocol.grpc_messages import infer_target, repository_body
 from protocol.grpc_service import inference_pb2 as pb
+from protocol.repository import load_parameters
 from protocol.types import TensorSpec
 from worker.codecs import GRPC_CODEC
 from worker.service import InferCall, WorkerService
@@ -31,13 +33,10 @@ def tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[pb.ModelMetadataRespo
     return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
 
 
-async def unimplemented(request: object, context: Context) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "repository load and unload are not served over gRPC")
-
-
 class WorkerServicer:
     def __init__(self, service: WorkerService) -> None:
         self.service = service
+        self.admin_token = service.config.admin_token
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
@@ -48,9 +47,11 @@ class WorkerServicer:
             "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-            "RepositoryModelLoad": unary(unimplemented, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+            "RepositoryModelLoad": unary(
+                self.repository_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+            ),
             "RepositoryModelUnload": unary(
-                unimplemented, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+                self.repository_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
             ),
         }
 
@@ -95,3 +96,20 @@ class WorkerServicer:
                 for r in rows
             ]
         )
+
+    async def repository_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """As REST's load: the admin token (``authorization`` metadata), then the
+        ``version`` (string) and ``pinned`` (bool) parameters."""
+        check_admin(metadata_headers(context), self.admin_token)
+        version, pinned = load_parameters(repository_body(request.parameters))
+        await self.service.load_model(request.model_name, version, pinned)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        check_admin(metadata_headers(context), self.admin_token)
+        await self.service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 
 from common.auth import check_admin
 from common.http_router import Router
@@ -20,34 +19,13 @@ from common.openapi import OpenApiRoute
 from common.rest import JSON, METRICS_TYPE, V2Handlers, json_response, query_flag, v2_router
 from protocol import binary_codec
 from protocol.deadline import REQUEST_TIMEOUT_HEADER, parse_request_timeout
-from protocol.errors import BadRequest
 from protocol.json_body import loads_object
-from protocol.names import check_version
+from protocol.repository import load_parameters
 from protocol.stats import stats_body
 from worker.codecs import BINARY_CODEC, JSON_CODEC, BinaryAnswer
 from worker.service import InferCall, WorkerService
 
 DEADLINE_HEADER = REQUEST_TIMEOUT_HEADER.lower()  # seconds the caller will wait (a balancer sends what is left)
-
-
-def load_parameters(body: bytes) -> tuple[str | None, bool | None]:
-    """The version and pin of a load request: ``{"parameters": {"version": "2", "pinned": true}}``,
-    both optional. Triton's ``config`` and ``file:`` overrides are refused: a model's
-    files come from the repository or the store, never over the wire."""
-    if not body.strip():
-        return None, None
-    parameters: Any = loads_object(body).get("parameters", {})
-    if not isinstance(parameters, dict):
-        raise BadRequest("'parameters' must be an object")
-    unknown = sorted(set(parameters) - {"version", "pinned"})
-    if unknown:
-        raise BadRequest(f"unsupported load parameter '{unknown[0]}': this server takes 'version' and 'pinned'")
-    version, pinned = parameters.get("version"), parameters.get("pinned")
-    if version is not None and not isinstance(version, str | int):
-        raise BadRequest("'version' must be a string")
-    if pinned is not None and not isinstance(pinned, bool):
-        raise BadRequest("'pinned' must be a boolean")
-    return (check_version(str(version)) if version is not None else None), pinned
 
 
 class WorkerHandlers:
