@@ -85,15 +85,18 @@ class CacheRules:
         self._threads: Executor | None = None
         self.key_process = KeyProcess()
 
-    def memo_hit(self, info: ModelInfo, version: str, call: InferCall) -> CachedAnswer | None:
-        """A repeated small JSON payload's answer, found by its raw bytes (no parsing)."""
+    def memo_hit(self, info: ModelInfo, version: str, call: InferCall) -> tuple[str, CachedAnswer] | None:
+        """A repeated small JSON payload's key and answer, found by its raw bytes (no parsing)."""
         if call.cache_control is not None or len(call.body) > self.large_body or call.encoding != "json":
             return None
         scope = scope_of(info, version, call.tenant)
         if scope is None:
             return None
         key = self.memo.get(scope, self.memo.ref(call.body))
-        return self.cache.get_local(key) if key is not None else None
+        if key is None:
+            return None
+        hit = self.cache.get_local(key)
+        return None if hit is None else (key, hit)
 
     def plan(self, info: ModelInfo, version: str, call: InferCall, started: float) -> RequestPlan | None:
         """The plan, decided on the event loop; None when the body is large and
@@ -212,6 +215,7 @@ class CacheRules:
                 )
                 if stored is not None and stripped is not None and plan.rendering == GRPC_RENDERING:
                     stored.renderings[GRPC_RENDERING] = stripped  # the worker's own bytes, as the miss answered
+                    self.cache.recount(plan.key)
                 self._on_store("stored" if stored is not None else "too_large")
         if plan.lookup and plan.key is not None and stored is None:
             self.cache.release(plan.key)  # waiting balancers go upstream themselves

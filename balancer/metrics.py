@@ -81,6 +81,18 @@ class BalancerMetrics:
                 lambda: {(): float(cache.invalid)},
             )
         )
+        lru = cache.local
+        self.registry.add(
+            CallbackGauge(
+                "affinity_cache_memory_bytes",
+                "The in-process cache's memory: used (entries, their renderings and bookkeeping) and capacity.",
+                ["kind"],
+                lambda: {("used",): float(lru.used), ("capacity",): float(lru.capacity)},
+            )
+        )
+        self.registry.add(
+            CallbackGauge("affinity_cache_entries", "Answers held in the in-process cache.", [], lambda: {(): len(lru)})
+        )
         if remote is not None:
             self.registry.add(
                 CallbackCounter(

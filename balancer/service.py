@@ -141,10 +141,11 @@ class BalancerService:
     def _infer(self, call: InferCall, info: ModelInfo, started: float) -> Outcome:
         """Everything that can be decided without waiting; a hit is answered here."""
         version = resolve_version(info, call.version)
-        hit = self.rules.memo_hit(info, version, call)
-        if hit is not None:
+        memo = self.rules.memo_hit(info, version, call)
+        if memo is not None:
             self.metrics.hit("local", info.name)
-            return _hit(hit, None) if hit.header_length == 0 else rendered_hit(hit, JSON_RENDERING, None)
+            key, hit = memo
+            return _hit(hit, None) if hit.header_length == 0 else self._rendered_hit(key, hit, JSON_RENDERING, None)
         plan = self.rules.plan(info, version, call, started)
         if plan is None:
             return self._infer_large(call, info, version, started)
@@ -161,7 +162,7 @@ class BalancerService:
             hit = self.cache.get_local(plan.key)
             if hit is not None:
                 self.metrics.hit("local", plan.model)
-                return _hit_as(hit, plan)
+                return self._hit_as(hit, plan)
             if self.cache.remote is not None:
                 return self._remote_then_forward(plan, call)
             self.metrics.miss(plan.model)
@@ -174,7 +175,7 @@ class BalancerService:
         self.metrics.lookup.observe(time.perf_counter() - began)
         if hit is not None:
             self.metrics.hit("redis", plan.model)
-            return _hit_as(hit, plan)
+            return self._hit_as(hit, plan)
         self.metrics.miss(plan.model)
         return await self._forward(plan, call)
 
@@ -324,20 +325,29 @@ class BalancerService:
             raise UpstreamUnavailable("no worker answered the repository index")
         return [r for r in self.index.rows if not ready_only or r["state"] == "READY"]
 
+    def _hit_as(self, hit: CachedAnswer, plan: RequestPlan) -> Answer:
+        """A hit in the plan's rendering: the stored JSON as it is (the hot path), or
+        rendered from the entry (memoised in it)."""
+        if plan.rendering == JSON_RENDERING and hit.header_length == 0:
+            return _hit(hit, plan.request_id)
+        assert plan.key is not None
+        return self._rendered_hit(plan.key, hit, plan.rendering, plan.request_id)
+
+    def _rendered_hit(self, key: str, hit: CachedAnswer, rendering: Rendering, request_id: str | None) -> Answer:
+        """The hit rendered from the entry; a rendering made now is memoised in the
+        entry, which the cache then counts again (its memory grew)."""
+        made = len(hit.renderings)
+        answer = rendered_hit(hit, rendering, request_id)
+        if len(hit.renderings) != made:
+            self.cache.recount(key)
+        return answer
+
     def render_metrics(self) -> bytes:
         return self.metrics.render()
 
 
 def _hit(hit: CachedAnswer, request_id: str | None) -> Answer:
     return Answer(200, splice_id(hit.body, request_id), None, "hit", hit.served_by, None, hit.hit_headers)
-
-
-def _hit_as(hit: CachedAnswer, plan: RequestPlan) -> Answer:
-    """A hit in the plan's rendering: the stored JSON as it is (the hot path), or
-    rendered from the entry (memoised in it)."""
-    if plan.rendering == JSON_RENDERING and hit.header_length == 0:
-        return _hit(hit, plan.request_id)
-    return rendered_hit(hit, plan.rendering, plan.request_id)
 
 
 def rendered_hit(hit: CachedAnswer, rendering: Rendering, request_id: str | None) -> Answer:

@@ -134,6 +134,11 @@ def key_from_json_body(body: bytes, scope: KeyScope) -> tuple[str, str | None, O
     return typed_key(scope, json_key_request(obj)), request_id_of(obj), encoding
 
 
+# A memo item besides its body (or digest) and key text: the tuple, the bytes and str
+# objects and the map's slot (CPython 3.11, 64-bit).
+MEMO_ITEM_OVERHEAD = 240
+
+
 class KeyMemo:
     """Remembers the key of a request body seen before, so a repeated payload
     skips JSON parsing and packing on the hit path.
@@ -145,12 +150,15 @@ class KeyMemo:
     asked for a plain JSON answer (no binary output choice) are remembered (an
     id must be read to be echoed, an encoding choice to be honoured), so a
     lookup needs no check: such a body can never equal a remembered one. The memo forgets
-    everything when it reaches ``max_entries`` (a bound, not a policy).
+    everything when it reaches ``max_entries`` or ``max_bytes`` of memory (a bound,
+    not a policy).
     """
 
-    def __init__(self, max_entries: int = 8192, inline_body: int = 4096) -> None:
+    def __init__(self, max_entries: int = 8192, inline_body: int = 4096, max_bytes: int = 8 << 20) -> None:
         self.max_entries = max_entries
         self.inline_body = inline_body
+        self.max_bytes = max_bytes
+        self.used = 0
         self._keys: dict[tuple[KeyScope, bytes], str] = {}
 
     def ref(self, body: bytes) -> bytes:
@@ -162,6 +170,10 @@ class KeyMemo:
         return self._keys.get((scope, ref))
 
     def put(self, scope: KeyScope, ref: bytes, key: str) -> None:
-        if len(self._keys) >= self.max_entries:
+        size = len(ref) + len(key) + MEMO_ITEM_OVERHEAD
+        if len(self._keys) >= self.max_entries or self.used + size > self.max_bytes:
             self._keys.clear()
+            self.used = 0
+        if (scope, ref) not in self._keys:
+            self.used += size
         self._keys[(scope, ref)] = key

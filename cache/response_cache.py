@@ -22,6 +22,9 @@ from cache.redis_store import RedisStore
 log = logging.getLogger(__name__)
 
 MAX_PENDING_STORES = 1024
+# An LRU item besides its entry and key text: the map's node, the key's str object and
+# its count (CPython 3.11, 64-bit; measured with tracemalloc).
+LRU_ITEM_OVERHEAD = 200
 
 
 class ResponseCache:
@@ -32,12 +35,16 @@ class ResponseCache:
         max_entry: int = 1 << 20,
         remote: RedisStore | None = None,
     ) -> None:
-        self.local: ByteLRU[CachedAnswer] = ByteLRU(capacity)
+        self.local: ByteLRU[CachedAnswer] = ByteLRU(capacity, LRU_ITEM_OVERHEAD)
         self.remote = remote
         self.ttl = ttl
         self.max_entry = max_entry
         self.invalid = 0  # entries read from Redis and refused
         self._pending: set[asyncio.Task[Any]] = set()
+
+    def recount(self, key: str) -> None:
+        """Count an entry's memory again after it memoised another rendering."""
+        self.local.recount(key)
 
     def get_local(self, key: str) -> CachedAnswer | None:
         answer = self.local.get(key)

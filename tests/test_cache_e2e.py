@@ -195,6 +195,30 @@ def test_what_must_not_be_stored_is_not(balancer: Server, workers: list[Server],
         tiny.proc.stop()
 
 
+def test_the_cache_size_bounds_the_entries_memory_not_only_their_bodies(
+    workers: list[Server], zoo: Path, logdir: Path
+) -> None:
+    """Each entry is counted with its bookkeeping (about 0.6 KiB besides the body), so
+    a small budget holds fewer answers than its bytes of bodies would suggest; the
+    used bytes stay within the budget and are published."""
+    small = start_balancer(workers, logdir, "--cache-size", "8KiB").wait_ready()
+    try:
+        bodies = []
+        for seed in range(40):  # the answers' bodies alone would fill it
+            answer = infer(small, "mlp-00", infer_body(sample_inputs(zoo, "mlp-00", 1, seed=7000 + seed)))
+            assert answer.headers["x-cache"] == "miss"
+            bodies.append(len(answer.body))
+        used = scrape(small, "affinity_cache_memory_bytes", kind="used")
+        entries = scrape(small, "affinity_cache_entries")
+        assert scrape(small, "affinity_cache_memory_bytes", kind="capacity") == 8 << 10
+        assert 0 < used <= 8 << 10
+        assert sum(bodies) > 8 << 10
+        assert 0 < entries <= (8 << 10) // (min(bodies) + 512), "fewer answers than their bodies' bytes would allow"
+        assert used >= entries * (min(bodies) + 512), "each entry counted with its overhead"
+    finally:
+        small.proc.stop()
+
+
 @pytest.mark.skipif(not RedisCluster.available(), reason="needs redis-server and redis-cli for a real cluster")
 def test_a_redis_cluster_is_shared_through_any_node(workers: list[Server], zoo: Path, logdir: Path) -> None:
     cluster = RedisCluster(logdir).start()

@@ -193,14 +193,48 @@ def test_lru_never_exceeds_its_capacity(capacity: int, ops: list[tuple[int, int]
     lru: ByteLRU[Blob] = ByteLRU(capacity)
     for key, size in ops:
         stored = lru.put(str(key), Blob(size))
-        assert stored == (size <= capacity)
+        assert stored == (size + len(str(key)) <= capacity)
         assert lru.used <= capacity
-        held = [lru.get(str(k)) for k in range(21)]
-        assert lru.used == sum(b.size for b in held if b is not None), "the byte count is what it holds"
+        held = {str(k): lru.get(str(k)) for k in range(21)}
+        assert lru.used == sum(b.size + len(k) for k, b in held.items() if b is not None), "it counts what it holds"
+
+
+@given(
+    st.integers(1, 500),
+    st.integers(0, 40),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 20), st.integers(0, 200)), max_size=200),
+)
+def test_lru_counts_keys_overhead_and_values_that_grow(
+    capacity: int, overhead: int, ops: list[tuple[bool, int, int]]
+) -> None:
+    """Each item costs its value's size, its key's length and the overhead; a value
+    that grows in place is counted again (``recount``) and the bound holds."""
+    lru: ByteLRU[Blob] = ByteLRU(capacity, overhead)
+    for grow, key, size in ops:
+        name = str(key)
+        held = lru.get(name)
+        if grow and held is not None:
+            held.size = size
+            lru.recount(name)
+        else:
+            lru.put(name, Blob(size))
+        assert lru.used <= capacity
+        items = {k: lru.get(str(k)) for k in range(21)}
+        assert lru.used == sum(b.size + len(str(k)) + overhead for k, b in items.items() if b is not None)
+
+
+def test_a_cached_answer_counts_its_memoised_renderings() -> None:
+    answer = CachedAnswer(b'{"outputs":[]}' * 10, "w1")
+    alone = answer.size
+    assert alone >= len(answer.body) + len(answer.hit_headers.raw)
+    answer.renderings["same"] = (answer.body, 0)
+    assert answer.size == alone, "a rendering that is the body itself costs nothing more"
+    answer.renderings["other"] = (b"x" * 1000, 0)
+    assert answer.size > alone + 1000
 
 
 def test_lru_evicts_least_recently_used() -> None:
-    lru: ByteLRU[Blob] = ByteLRU(30)
+    lru: ByteLRU[Blob] = ByteLRU(33)  # three items of 10 bytes and a 1-byte key
     lru.put("a", Blob(10))
     lru.put("b", Blob(10))
     lru.put("c", Blob(10))
@@ -276,6 +310,17 @@ def test_key_memo_remembers_bodies_without_ids() -> None:
         memo.put(scope, memo.ref(body), body.decode())
     remembered = [memo.get(scope, memo.ref(b)) for b in (b"a", big, b"b", b"c", b"d")]
     assert sum(r is not None for r in remembered) <= 3, "a bound, not a policy"
+
+
+def test_key_memo_is_bounded_in_bytes() -> None:
+    memo = KeyMemo(max_entries=10_000, inline_body=4096, max_bytes=20_000)
+    scope = KeyScope("m", "1", "w")
+    bodies = [b"%d" % i * 500 for i in range(100)]  # 500-1,000 bytes each, kept whole
+    for body in bodies:
+        memo.put(scope, memo.ref(body), "k" * 64)
+        assert memo.used <= 20_000
+    assert sum(memo.get(scope, memo.ref(b)) is not None for b in bodies) < 40
+    assert memo.get(scope, memo.ref(bodies[-1])) == "k" * 64, "the newest is remembered"
 
 
 def test_the_key_process_derives_the_same_key_and_survives_its_own_death() -> None:
