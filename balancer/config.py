@@ -51,6 +51,7 @@ class BalancerConfig:
     cache_size: int = 256 << 20
     cache_ttl: float = 3600
     cache_max_entry: int = 1 << 20
+    upstream_encoding: str = "binary"  # how a JSON request's tensors travel to a worker: binary or json
     cache_lock_timeout: float = 5.0  # longest wait for another balancer computing the same answer
     redis_timeout: float = 0.1  # per Redis call
     redis_breaker_cooldown: float = 30.0  # seconds the breaker stays open before probing Redis again

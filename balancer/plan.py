@@ -49,6 +49,7 @@ class RequestPlan:
     started: float  # perf_counter() when the request was read
     cache_ttl: float | None = None  # the model's own TTL for stored answers (None: the default)
     rendering: Rendering = JSON_RENDERING  # how the request wants its answer
+    upstream: tuple[bytes, int] | None = None  # the request as the binary extension for the worker: body, header length
 
     @property
     def flight(self) -> str | None:

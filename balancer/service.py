@@ -97,7 +97,7 @@ class BalancerService:
         self.index = index
         self.router = router
         self.cache = cache
-        self.rules = CacheRules(cache, metrics.store_outcome)
+        self.rules = CacheRules(cache, metrics.store_outcome, upstream_binary=config.upstream_encoding == "binary")
         self.metrics = metrics
         metrics.watch_cache(cache)
         self.flights: SingleFlight[Upstream] = SingleFlight()
@@ -217,10 +217,12 @@ class BalancerService:
         if call.encoding == "grpc":
             resp, worker = await self._grpc_upstream(plan, call, deadline)
         else:
-            extra = None if call.header_length is None else {binary_codec.HEADER: str(call.header_length)}
-            path = plan.upstream_path
+            body, content_type, length = call.body, call.content_type, call.header_length
+            if plan.upstream is not None:  # packed here already: the worker reads raw bytes
+                (body, length), content_type = plan.upstream, binary_codec.CONTENT_TYPE
+            extra = None if length is None else {binary_codec.HEADER: str(length)}
             resp, worker = await self.router.send(
-                plan.model, "POST", path, call.body, call.content_type, extra, deadline
+                plan.model, "POST", plan.upstream_path, body, content_type, extra, deadline
             )
         result = Upstream(resp, worker, plan.request_id)
         if plan.lookup or plan.store:  # the id-free body is needed only to store or to share

@@ -112,6 +112,13 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--redis-breaker-cooldown", "seconds Redis is left alone after repeated failures", type=float, default=30.0)
     _http_flags(f)
     f.add("--max-upstream-answer", "largest answer read from a worker", type=size, default="64MiB")
+    f.add(
+        "--upstream-encoding",
+        "how a JSON request's tensors travel to a worker: binary (the binary tensor extension, "
+        "packed once here) or json (the body as it came)",
+        default="binary",
+        choices=("binary", "json"),
+    )
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)
     f.add("--try-timeout", "seconds for one try at a worker", type=float, default=60.0)
     f.add("--request-timeout", "a request's deadline unless it sends X-Request-Timeout", type=float, default=60.0)

@@ -59,6 +59,7 @@ class UpOptions:
     allow_code: tuple[str, ...] = ()  # handed to every worker
     cpu_affinity: bool = True  # pin each worker to its share of the cores (when each gets one at least)
     balancer_processes: int = 1
+    balancer_args: tuple[str, ...] = ()  # further flags for the balancer (benchmarks compare its settings)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -149,7 +150,7 @@ class Cluster:
         balancer_args = ["balancer", "--workers", ",".join(u for u, _ in urls), "--host", o.host, "--port", str(port)]
         balancer_args += ["--grpc-port", str(o.grpc_port)]
         balancer_args += ["--policy", o.policy, "--cache-size", str(o.cache_size), "--log-level", o.log_level]
-        balancer_args += ["--processes", str(o.balancer_processes)]
+        balancer_args += ["--processes", str(o.balancer_processes), *o.balancer_args]
         if o.redis_url:
             balancer_args += ["--redis-url", o.redis_url]
         proc = self.spawn("balancer", balancer_args)

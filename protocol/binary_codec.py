@@ -286,3 +286,22 @@ def splice_binary_id(body: bytes, length: int, request_id: str | None) -> tuple[
     """Put a request's ``id`` first into an id-free header."""
     header = splice_id(body[:length], request_id)
     return header + body[length:], len(header)
+
+
+def request_from_raw(obj: dict[str, Any], inputs: Sequence[RawTensor]) -> tuple[bytes, int]:
+    """The request ``obj`` (a V2 JSON request, checked) with its inputs' data carried
+    as binary: each input's packed bytes (``raw_tensors``) after a JSON header that
+    keeps the request's other members (``id``, ``parameters``, ``outputs``) as they
+    were. (body, header length), for ``Inference-Header-Content-Length``."""
+    head: dict[str, Any] = {k: obj[k] for k in ("id", "parameters", "outputs") if k in obj}
+    head["inputs"] = [
+        {
+            "name": t.name,
+            "datatype": t.datatype,
+            "shape": t.shape,
+            "parameters": {**(t.parameters or {}), "binary_data_size": len(t.data)},
+        }
+        for t in inputs
+    ]
+    header = orjson.dumps(head)
+    return b"".join((header, *(t.data for t in inputs))), len(header)

@@ -6,6 +6,7 @@ hit, nothing coalesced), a model chosen at random per request, 16 connections
 (wrk, closed loop). Rows, in one run:
 
   cluster                 `affinity up` with its defaults (two workers, one balancer)
+  cluster, JSON hop       the same, the balancer forwarding JSON bodies as they came
   cluster, half in memory the same with each worker's CPU budget holding half the models
   cluster, one model      every request to one model (batching)
   direct -> worker        one worker holding every model, no balancer
@@ -23,6 +24,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -115,6 +117,14 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
             rows.append(("cluster, one model", wrk.run_script(endpoint, one, duration, connections), ""))
             if rate > 0:
                 rows.append(("cluster, open loop", None, _open_loop(endpoint, rate, duration, names, out)))
+
+        # The same cluster with the balancer forwarding JSON bodies as they came (the
+        # default packs them once into the binary extension): what the binary hop pays.
+        with contextlib.ExitStack() as inner:
+            cluster, endpoint = _cluster(root, replace(base, balancer_args=("--upstream-encoding", "json")), inner)
+            wrk.run_script(endpoint, varied, 3, connections)
+            label = "cluster, JSON to the workers (--upstream-encoding json)"
+            rows.append((label, wrk.run_script(endpoint, varied, duration, connections), ""))
 
         # Each worker's budget holds half the models (and a little): together the workers hold
         # every model only if each model stays on one worker, which is what affinity does.
