@@ -136,6 +136,8 @@ def _soak(scenarios: argparse._SubParsersAction) -> None:
             args.out, args.sample, args.cache_size,
         )  # fmt: skip
 
+    p.set_defaults(run=run)
+
 
 def _throughput(scenarios: argparse._SubParsersAction) -> None:
     p = scenarios.add_parser(
