@@ -31,7 +31,7 @@ from balancer.renderings import GRPC_CONTENT_TYPE
 from balancer.service import BalancerService
 from common.api_keys import ApiKeys
 from common.auth import check_admin
-from common.grpc_server import metadata_headers, unary
+from common.grpc_server import metadata_headers, v2_handlers
 from protocol.errors import BadRequest, error_for_status
 from protocol.grpc_messages import infer_target, parse_request, repository_body
 from protocol.grpc_service import inference_pb2 as pb
@@ -57,21 +57,7 @@ class BalancerServicer:
         return "" if self.keys is None else self.keys.tenant(metadata_headers(context).get("authorization"))
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        return {
-            "ModelInfer": unary(self.model_infer),
-            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-            "RepositoryModelLoad": unary(
-                self.repository_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
-            ),
-            "RepositoryModelUnload": unary(
-                self.repository_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
-            ),
-        }
+        return v2_handlers(self)
 
     async def model_infer(self, request: bytes, context: Context) -> bytes:
         tenant = self._tenant(context)

@@ -18,12 +18,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protocol.errors import ProtocolError
+from protocol.grpc_service import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,41 @@ def unary(handler: Unary, request_type: Any = None, response_type: Any = None) -
         request_deserializer=None if request_type is None else request_type.FromString,
         response_serializer=None if response_type is None else response_type.SerializeToString,
     )
+
+
+class V2Servicer(Protocol):
+    """What a front serves of ``inference.GRPCInferenceService``: ``model_infer`` takes
+    and returns raw message bytes (each front decodes only what it needs); the rest
+    take and return the protobuf messages."""
+
+    async def model_infer(self, request: Any, context: Any) -> Any: ...
+    async def server_live(self, request: Any, context: Any) -> Any: ...
+    async def server_ready(self, request: Any, context: Any) -> Any: ...
+    async def model_ready(self, request: Any, context: Any) -> Any: ...
+    async def server_metadata(self, request: Any, context: Any) -> Any: ...
+    async def model_metadata(self, request: Any, context: Any) -> Any: ...
+    async def repository_index(self, request: Any, context: Any) -> Any: ...
+    async def repository_load(self, request: Any, context: Any) -> Any: ...
+    async def repository_unload(self, request: Any, context: Any) -> Any: ...
+
+
+def v2_handlers(servicer: V2Servicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's method table over a front's handlers, the same for worker and balancer."""
+    return {
+        "ModelInfer": unary(servicer.model_infer),
+        "ServerLive": unary(servicer.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": unary(servicer.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": unary(servicer.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": unary(servicer.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": unary(servicer.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "RepositoryIndex": unary(servicer.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "RepositoryModelLoad": unary(
+            servicer.repository_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+        ),
+        "RepositoryModelUnload": unary(
+            servicer.repository_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+        ),
+    }
 
 
 class GrpcListener:

@@ -18,13 +18,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol.errors import ModelNotFound, VersionNotFound
 from worker.errors import InvalidModelConfig
 from worker.manifest import InvalidManifest
 from worker.model_config import ModelConfig
 from worker.pickle_guard import RefusedFile, check_file_name
 from worker.remote_store import RemoteStore, RemoteStoreError
-from worker.repository import CONFIG_FILE, ModelVersion, Repository
+from worker.repository import CONFIG_FILE, ModelVersion, Repository, resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +119,7 @@ class Catalog:
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
         """The named version, or the latest when none is named; NotFound otherwise."""
         view = self.view
-        if version is None:
-            latest = view.latest.get(name)
-            if latest is None:
-                raise ModelNotFound(name)
-            return latest
-        versions = view.models.get(name)
-        if not versions:
-            raise ModelNotFound(name)
-        found = versions.get(version)
-        if found is None:
-            raise VersionNotFound(name, version)
-        return found
+        return resolve_version(view.models, view.latest, name, version)
 
     def has(self, name: str) -> bool:
         return name in self.view.models

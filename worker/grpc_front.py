@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from common.auth import check_admin
-from common.grpc_server import metadata_headers, unary
+from common.grpc_server import metadata_headers, v2_handlers
 from protocol.errors import BadRequest
 from protocol.grpc_messages import infer_target, repository_body
 from protocol.grpc_service import inference_pb2 as pb
@@ -39,21 +39,7 @@ class WorkerServicer:
         self.admin_token = service.config.admin_token
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        return {
-            "ModelInfer": unary(self.model_infer),
-            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-            "RepositoryModelLoad": unary(
-                self.repository_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
-            ),
-            "RepositoryModelUnload": unary(
-                self.repository_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
-            ),
-        }
+        return v2_handlers(self)
 
     async def model_infer(self, request: bytes, context: Context) -> bytes:
         model, version = infer_target(request)

@@ -47,6 +47,25 @@ class ModelVersion:
         return (self.name, self.version)
 
 
+def resolve_version(
+    models: dict[str, dict[str, ModelVersion]], latest: dict[str, ModelVersion], name: str, version: str | None
+) -> ModelVersion:
+    """In a view (name -> version -> entry, and each name's latest): the named version,
+    or the latest when none is named; ModelNotFound or VersionNotFound otherwise."""
+    if version is None:
+        found = latest.get(name)
+        if found is None:
+            raise ModelNotFound(name)
+        return found
+    versions = models.get(name)
+    if not versions:
+        raise ModelNotFound(name)
+    entry = versions.get(version)
+    if entry is None:
+        raise VersionNotFound(name, version)
+    return entry
+
+
 class Repository:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -108,18 +127,7 @@ class Repository:
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
         """The named version, or the latest when none is named; NotFound otherwise."""
-        if version is None:
-            latest = self._latest.get(name)
-            if latest is None:
-                raise ModelNotFound(name)
-            return latest
-        versions = self._models.get(name)
-        if not versions:
-            raise ModelNotFound(name)
-        found = versions.get(version)
-        if found is None:
-            raise VersionNotFound(name, version)
-        return found
+        return resolve_version(self._models, self._latest, name, version)
 
     def all_versions(self) -> list[ModelVersion]:
         return [v for name in self._models for v in self.versions(name)]
