@@ -9,11 +9,14 @@ resident memory (not part of CI).
    ``--share`` (0.7) of it.
 3. The soak: one open-loop ``affinity loadgen`` run (Poisson, a share of the
    bodies repeated, so the cache both hits and grows) for ``--duration``
-   minutes after ``--warmup`` seconds. The balancer's cache is bounded by
-   ``--cache-size`` (32 MiB): it fills during the warm-up, so growth after it
-   is the processes' own, not a cache doing its job. Every process's RSS (the balancer, its
-   key process, each worker) is sampled every ``--sample`` seconds; start is
-   the first sample in the measured window, end the last.
+   minutes after ``--warmup`` seconds. Every process's RSS (the balancer, its
+   key process, each worker) is sampled every ``--sample`` seconds, and with it
+   the balancer's cache memory (``affinity_cache_memory_bytes``). The window
+   starts at the end of the warm-up or when the cache is full (95% of
+   ``--cache-size``), whichever is later: a cache filling up is a bounded
+   structure doing its job, and growth after it is the processes' own. Start
+   is the first sample in the window, end the last; the report says when the
+   window began and whether the cache filled.
 
 Goals (printed with the figures): zero errors, zero dropped, every process's RSS
 growing less than 5% from start to end. Exit status 1 when a goal is missed.
@@ -22,16 +25,19 @@ growing less than 5% from start to end. Exit status 1 when a goal is missed.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import platform
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli.bench.routing import BenchCluster, zoo_bytes
 from common.process import affinity_command
@@ -77,13 +83,39 @@ def process_name(pid: int) -> str:
     return text.split(" ")[-1][:40]
 
 
+CACHE_FULL = 0.95
+
+
+def cache_fill(url: str) -> float | None:
+    """The balancer's in-process cache, used over capacity (None when it cannot say)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "affinity_cache_memory_bytes":
+            found = {sample.labels["kind"]: sample.value for sample in family.samples}
+    if not found.get("capacity"):
+        return None
+    return found.get("used", 0.0) / found["capacity"]
+
+
 @dataclass
 class Sampler:
-    """RSS of every watched process every ``every`` seconds, on a thread."""
+    """RSS of every watched process every ``every`` seconds, on a thread; with
+    ``cache_url``, also the moment the balancer's cache first became full."""
 
     pids: dict[int, str]
     every: float
+    cache_url: str | None = None
     samples: list[tuple[float, dict[int, int]]] = field(default_factory=list)
+    cache_full_at: float | None = None
     _done: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -95,7 +127,12 @@ class Sampler:
     def _run(self) -> None:
         while True:
             taken = {pid: value for pid in self.pids if (value := rss(pid)) is not None}
-            self.samples.append((time.monotonic(), taken))
+            now = time.monotonic()
+            self.samples.append((now, taken))
+            if self.cache_url is not None and self.cache_full_at is None:
+                fill = cache_fill(self.cache_url)
+                if fill is not None and fill >= CACHE_FULL:
+                    self.cache_full_at = now
             if self._done.wait(self.every):
                 return
 
@@ -150,7 +187,7 @@ def run_soak(
         for pid in pids:
             pids[pid] = process_name(pid)
         print(f"soak: {rate:.0f} req/s for {minutes:g} min after {warmup:g} s warm-up ...", flush=True)
-        sampler = Sampler(pids, sample).start()
+        sampler = Sampler(pids, sample, cluster.url).start()
         try:
             args = ["--url", cluster.url, "--rate", f"{rate:.1f}", "--duration", f"{seconds:g}"]
             args += ["--warmup", f"{warmup:g}", "--repeat", "0.3", "--popularity", "zipf:1.1", "--timeout", "30"]
@@ -158,7 +195,8 @@ def run_soak(
         finally:
             sampler.stop()
     measured_from = float(report.get("measured_from", 0.0))  # type: ignore[arg-type]
-    window = [(t, s) for t, s in sampler.samples if t >= measured_from] or sampler.samples
+    starts = max(measured_from, sampler.cache_full_at or 0.0)
+    window = [(t, s) for t, s in sampler.samples if t >= starts] or sampler.samples
     first, last = window[0][1], window[-1][1]
     rows: list[dict[str, object]] = []
     grown = []
@@ -181,6 +219,11 @@ def run_soak(
         "achieved_rps": report["achieved_rps"],
         "cache": report["cache"],
         "rss": rows,
+        "window_starts_after_warmup_s": round(window[0][0] - measured_from, 1),
+        "window_s": round(window[-1][0] - window[0][0], 1),
+        "cache_full_after_warmup_s": (
+            None if sampler.cache_full_at is None else round(sampler.cache_full_at - measured_from, 1)
+        ),
         "samples": [
             [round(t - measured_from, 1), {f"{pids[p]} {p}": v for p, v in s.items()}] for t, s in sampler.samples
         ],
@@ -209,6 +252,8 @@ def render(result: dict[str, object], workers: int) -> str:
         f"sent {counts['sent']}, ok {counts['ok']}, errors {counts['errors']}, dropped {counts['dropped']}; "
         f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms",
         "",
+        _window_note(result),
+        "",
         "| process | RSS at start | RSS at end | growth | goal < 5% |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
@@ -221,3 +266,18 @@ def render(result: dict[str, object], workers: int) -> str:
             f"| {100 * r['growth']:+.1f}% | {met} |"
         )
     return "\n".join(lines)
+
+
+def _window_note(result: dict[str, object]) -> str:
+    full = result["cache_full_after_warmup_s"]
+    filled = (
+        "the balancer's cache never filled"
+        if full is None
+        else f"the balancer's cache was full {full:g} s after the warm-up"
+        if isinstance(full, float | int) and full > 0
+        else "the balancer's cache was full before the warm-up ended"
+    )
+    return (
+        f"RSS window: {result['window_s']:g} s, from {result['window_starts_after_warmup_s']:g} s after the "
+        f"warm-up ({filled})."
+    )
