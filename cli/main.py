@@ -62,12 +62,6 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--load-wait", "seconds a load waits for room held by models in use (then 503)", type=float, default=30.0)
     f.add("--max-queue", "requests queued per model (one more: 503 with Retry-After)", type=int, default=256)
     f.add("--cpus", "CPUs this worker runs on, e.g. 0 or 2-3 (empty: any)", default="")
-    f.add(
-        "--malloc-arenas",
-        "glibc malloc arenas at most, so RSS does not climb with batch sizes (0: glibc's default)",
-        type=int,
-        default=2,
-    )
     f.add("--max-queue-delay", "seconds a batch may wait for more requests, when it pays", type=float, default=0.0005)
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)

@@ -20,7 +20,6 @@ from common.grpc_server import GrpcListener
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
-from common.malloc import limit_arenas
 from common.process import parse_cpus, pin_to
 from common.registration import Heartbeat, Registration
 from common.rest import render_error
@@ -122,7 +121,5 @@ def configure_torch() -> None:
 async def serve(config: WorkerConfig) -> int:
     if config.cpus:
         pin_to(parse_cpus(config.cpus))  # before torch starts a thread
-    if limit_arenas(config.malloc_arenas):  # before the inference threads allocate
-        log.debug("malloc arenas capped at %d", config.malloc_arenas)
     configure_torch()
     return await serve_until_signalled(Worker(config), config.drain_delay)

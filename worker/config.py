@@ -39,7 +39,6 @@ class WorkerConfig:
     max_elements: int = 1 << 26
     max_queue: int = 256  # requests queued per model; one more is a 503 with Retry-After
     cpus: str = ""  # CPU list this process runs on (empty: wherever the kernel puts it)
-    malloc_arenas: int = 2  # glibc malloc arenas at most (0: glibc's default, 8 per core)
     max_queue_delay: float = 0.0005  # seconds a batch may wait for more requests, when it pays
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
@@ -87,8 +86,6 @@ class WorkerConfig:
             raise ValueError("threads, max loads and body size must be positive")
         if "\n" in self.worker_id:
             raise ValueError("worker id cannot hold a newline")
-        if self.malloc_arenas < 0:
-            raise ValueError("--malloc-arenas cannot be negative (0: glibc's default)")
         if self.eviction not in POLICIES:
             raise ValueError(f"unknown eviction policy {self.eviction!r}; known: {', '.join(POLICIES)}")
         if self.device not in DEVICES and not _is_cuda(self.device):
