@@ -46,4 +46,4 @@ def hold_for(
         return 0.0
     if arrivals.gap is None or arrivals.gap > window:
         return 0.0
-    return max(0.0, taken_at + window - now)
+    return min(window, max(0.0, taken_at + window - now))  # min: float rounding may add an ulp
