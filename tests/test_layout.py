@@ -48,12 +48,13 @@ def test_the_balancer_process_never_imports_torch_or_numpy() -> None:
 def test_nothing_points_outside_the_repository() -> None:
     """A clone stands on its own: docs and code cite docs/design.md, not notes a clone lacks."""
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    outside = ("../shared", "DESIGN.md", "STYLE.md", "RELIABILITY.md")
+    # Spelled in pieces, so that this file does not itself name what it looks for.
+    outside = ("../" + "shared", "DES" + "IGN.md", "STY" + "LE.md", "RELIA" + "BILITY.md")
     offenders = []
     for name in tracked.split():
         path = ROOT / name
         checked = path.suffix in (".py", ".md", ".toml", ".yml", ".yaml", ".json")
-        if checked and path.is_file() and path != Path(__file__):
+        if checked and path.is_file():
             text = path.read_text(errors="replace")
             offenders += [f"{name}: {word}" for word in outside if word in text]
     assert not offenders
