@@ -114,9 +114,9 @@ class CacheRules:
             if checked is not None and self.upstream_binary:
                 obj, keyed = checked
                 if not binary_codec.output_encoding(obj.get("parameters"), obj.get("outputs")).any_binary:
-                    plan.upstream = binary_hop(obj, keyed)
+                    plan.typed = (obj, keyed)
             return plan
-        upstream = None
+        typed = None
         if call.encoding == "json":
             obj = loads_object(call.body)
             request_id = request_id_of(obj)
@@ -127,13 +127,13 @@ class CacheRules:
                 if request_id is None:  # the memo's answers are plain JSON
                     self.memo.put(scope, self.memo.ref(call.body), key)
                 if self.upstream_binary:
-                    upstream = binary_hop(obj, keyed)
+                    typed = (obj, keyed)  # packed for the worker only if the request goes there
         else:
             key, request_id, rendering = derive_key(call, scope)
         if not store:
             self._on_store("no_store")
         return RequestPlan(
-            info.name, version, key, request_id, lookup, store, started, info.cache_ttl, rendering, upstream
+            info.name, version, key, request_id, lookup, store, started, info.cache_ttl, rendering, typed
         )
 
     def _bypass(

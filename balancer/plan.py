@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balancer.renderings import JSON_RENDERING, Rendering
+from cache.keys import KeyRequest
 from common.http_message import HeaderBlock
 
 
@@ -49,7 +50,9 @@ class RequestPlan:
     started: float  # perf_counter() when the request was read
     cache_ttl: float | None = None  # the model's own TTL for stored answers (None: the default)
     rendering: Rendering = JSON_RENDERING  # how the request wants its answer
-    upstream: tuple[bytes, int] | None = None  # the request as the binary extension for the worker: body, header length
+    # A JSON request's object and typed content, kept for the hop to the worker in the binary
+    # extension (None: the body goes as it came); packed only when the request goes upstream.
+    typed: tuple[dict[str, Any], KeyRequest] | None = None
 
     @property
     def flight(self) -> str | None:

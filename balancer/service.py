@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from balancer.caching import CacheRules
+from balancer.caching import CacheRules, binary_hop
 from balancer.config import BalancerConfig
 from balancer.errors import UpstreamError
 from balancer.grpc_client import GrpcUpstream
@@ -218,8 +218,9 @@ class BalancerService:
             resp, worker = await self._grpc_upstream(plan, call, deadline)
         else:
             body, content_type, length = call.body, call.content_type, call.header_length
-            if plan.upstream is not None:  # packed here already: the worker reads raw bytes
-                (body, length), content_type = plan.upstream, binary_codec.CONTENT_TYPE
+            packed = None if plan.typed is None else binary_hop(*plan.typed)
+            if packed is not None:  # the worker reads raw bytes, not numbers
+                (body, length), content_type = packed, binary_codec.CONTENT_TYPE
             extra = None if length is None else {binary_codec.HEADER: str(length)}
             resp, worker = await self.router.send(
                 plan.model, "POST", plan.upstream_path, body, content_type, extra, deadline

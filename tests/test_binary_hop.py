@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from balancer.caching import CacheRules
+from balancer.caching import CacheRules, binary_hop
 from balancer.index import ModelInfo
 from balancer.plan import InferCall
 from cache.keys import KeyScope
@@ -57,8 +57,10 @@ def test_the_binary_hop_carries_the_same_request(datatype: str, values: list[Any
     body = _request(datatype, values, shape)
     for cache_control in (None, "no-cache, no-store"):  # keyed, and checked only: both go binary
         plan = _plan(body, cache_control=cache_control)
-        assert plan.upstream is not None
-        sent = decode_binary_request(plan.upstream)
+        assert plan.typed is not None
+        packed = binary_hop(*plan.typed)
+        assert packed is not None
+        sent = decode_binary_request(packed)
         given = decode_infer_request(orjson.dumps(body))
         assert sent.id == given.id == "r-7"
         assert sent.parameters == given.parameters
@@ -72,8 +74,9 @@ def test_the_binary_hop_carries_the_same_request(datatype: str, values: list[Any
 
 def test_what_stays_json() -> None:
     body = _request("FP32", [1.0, 2.0], [2])
-    assert _plan(body, binary=False).upstream is None, "--upstream-encoding json"
+    assert _plan(body, binary=False).typed is None, "--upstream-encoding json"
     text = {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": ["héllo"]}]}
-    assert _plan(text).upstream is None, "BYTES go as the caller wrote them"
+    plan = _plan(text)
+    assert plan.typed is None or binary_hop(*plan.typed) is None, "BYTES go as the caller wrote them"
     asks_binary = {**body, "parameters": {"binary_data_output": True}}
-    assert _plan(asks_binary).upstream is None, "an answer in binary: the request goes as it came"
+    assert _plan(asks_binary).typed is None, "an answer in binary: the request goes as it came"
