@@ -60,10 +60,9 @@ class ByteLRU(Generic[V]):
 
     def put(self, key: str, value: V) -> bool:
         size = self._cost(key, value)
+        self.pop(key)  # a new value for the key replaces the old, stored or not
         if size > self.capacity:
-            self.pop(key)
             return False
-        self.pop(key)
         self._evict_for(size)
         self._items[key] = value
         self._counted[key] = size

@@ -78,11 +78,12 @@ class LoopLag:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        waited_before = cpu_wait()  # one read a sample: each sample's end is the next one's start
         while True:
             asked = loop.time()
-            waited_before = cpu_wait()
             await asyncio.sleep(self.interval)
             lag = max(0.0, loop.time() - asked - self.interval)
             waited_after = cpu_wait()
             waited = 0.0 if waited_before is None or waited_after is None else waited_after - waited_before
             self.observe(lag, waited)
+            waited_before = waited_after
