@@ -141,7 +141,8 @@ def _decode_data(name: str, datatype: str, data: Any, count: int) -> np.ndarray:
                 info = np.iinfo(target)
                 if arr.min() < info.min or arr.max() > info.max:
                     raise BadRequest(f"input '{name}': values out of range for {datatype}")
-            arr = arr.astype(target, copy=False)
+            with np.errstate(over="ignore"):  # a float past the datatype's range becomes inf, as the key's packing
+                arr = arr.astype(target, copy=False)
         else:
             arr = np.empty(0, dtype=target)
     if arr.size != count:

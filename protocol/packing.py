@@ -74,16 +74,16 @@ def pack(datatype: str, values: list[Any], name: str) -> bytes:
             if not all(isinstance(v, str) for v in values):
                 raise TypeError
             return pack_bytes_elements([v.encode() for v in values])
+        # array() and struct refuse strings, nulls, lists and (for integer types)
+        # fractions with a TypeError, and out-of-range integers with an OverflowError;
+        # they would take JSON's true and false as 1 and 0, which a worker refuses.
+        if bool in set(map(type, values)):
+            raise TypeError
         if datatype == "FP16":
             return _pack_fp16(values)
         code = ARRAY_CODES.get(datatype)
         if code is None:
             raise BadRequest(f"input '{name}': unknown datatype {datatype[:32]!r}")
-        # array() itself refuses strings, nulls, lists and (for integer types)
-        # fractions with a TypeError, and out-of-range integers with an OverflowError;
-        # it would take JSON's true and false as 1 and 0, which a worker refuses.
-        if bool in set(map(type, values)):
-            raise TypeError
         arr = array(code, values)
     except (TypeError, struct.error):
         raise BadRequest(f"input '{name}': data does not match datatype {datatype}") from None
@@ -97,7 +97,12 @@ def pack(datatype: str, values: list[Any], name: str) -> bytes:
 def _pack_fp16(values: list[Any]) -> bytes:
     try:
         return struct.pack(f"<{len(values)}e", *values)
-    except OverflowError:  # past FP16's range: infinity, as a float16 cast gives
+    except (OverflowError, struct.error):
+        # Past FP16's range (a float, or an int: struct says "int too large"): infinity,
+        # as a float16 cast gives and as the worker's decoding does. Anything that is not a
+        # number fails again below, as a TypeError or struct.error.
+        if not all(isinstance(v, int | float) for v in values):
+            raise TypeError from None
         clamped = [v if abs(v) <= _FP16_MAX else math.copysign(math.inf, v) for v in values]
         return struct.pack(f"<{len(clamped)}e", *clamped)
 

@@ -45,6 +45,31 @@ def test_packing_matches_numpy_little_endian_bytes(datatype: str, data: st.DataO
 
 def test_fp16_past_its_range_is_infinity_as_numpy_casts_it() -> None:
     assert pack("FP16", [70000.0, -1e6], "x") == np.asarray([np.inf, -np.inf], np.float16).tobytes()
+    assert pack("FP16", [65520, -70000, 1], "x") == np.asarray([np.inf, -np.inf, 1], np.float16).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"), [("FP16", 65520), ("FP16", 70000.0), ("FP32", 1e39), ("FP16", True), ("FP32", False)]
+)
+def test_the_worker_reads_what_the_balancer_keys_and_refuses_what_it_refuses(datatype: str, value: Any) -> None:
+    """One rule on both sides (hypothesis found the worker warning on FP16 65520 where
+    the balancer refused it, and the balancer keying FP16 true where the worker refused it):
+    a number past a float type's range is infinity, a boolean is not a number."""
+    import orjson
+
+    from cache.keys import key_request
+    from protocol.json_codec import decode_infer_request
+
+    body = {"inputs": [{"name": "x", "datatype": datatype, "shape": [1], "data": [value]}]}
+    if isinstance(value, bool):
+        for read in (lambda: key_request(body), lambda: decode_infer_request(orjson.dumps(body))):
+            with pytest.raises(BadRequest, match="does not match"):
+                read()
+        return
+    keyed = key_request(body).inputs[0].data
+    decoded = decode_infer_request(orjson.dumps(body)).inputs[0].data
+    assert np.isinf(decoded).all()
+    assert keyed == decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()
 
 
 def test_flatten_is_row_major_and_refuses_ragged_data() -> None:
