@@ -100,9 +100,9 @@ def plot_sweep(offered: Sequence[float], reports: Sequence[Report], knee: float 
     return path
 
 
-def plot_compare(labels: Sequence[str], reports: Sequence[Report], path: Path) -> Path:
+def plot_compare(labels: Sequence[str], reports: Sequence[Report], path: Path, title: str = "Latency CDFs") -> Path:
     fig = Figure(figsize=(8, 5), dpi=DPI)
-    ax = _cdf_axes(fig, "Latency CDFs")
+    ax = _cdf_axes(fig, title)
     for label, report in zip(labels, reports, strict=True):
         if report.latency_cdf:
             xs, ys = zip(*report.latency_cdf, strict=True)

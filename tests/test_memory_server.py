@@ -350,7 +350,7 @@ def test_changed_weights_are_reloaded_after_a_rescan(tmp_path: Path, logdir: Pat
 
 def test_bench_paging_runs_every_row_on_a_small_model(tmp_path: Path) -> None:
     """The benchmark's own checks run (each cold request was a load: X-Model-Source disk;
-    fadvise left the file uncached) and it writes every row; the figures are for docs."""
+    fadvise left the file uncached) and it writes every row and its chart; the figures are for docs."""
     from cli.bench.paging import run_paging
 
     assert run_paging(2 << 20, "mlp", 1, 1, tmp_path) == 0
@@ -360,3 +360,4 @@ def test_bench_paging_runs_every_row_on_a_small_model(tmp_path: Path) -> None:
     assert len(rows) == 9 and all(seconds > 0 for seconds in rows.values())
     assert summary["notes"]["cached_fraction_after_fadvise"] == [0.0]
     assert "| (a) naive / cold start |" in (tmp_path / "paging.md").read_text()
+    assert (tmp_path / "paging.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

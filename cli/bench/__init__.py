@@ -20,11 +20,12 @@ def _overhead(scenarios: argparse._SubParsersAction) -> None:
     f.add("--duration", "seconds per row", type=float, default=8.0)
     f.add("--connections", "concurrent keep-alive connections", type=int, default=32)
     f.add("--models", "model repository (default: a small generated zoo)", type=Path)
+    f.add("--out", "directory for the table, its JSON and the chart", type=Path, default="results/bench-overhead")
 
     def run(args: argparse.Namespace) -> int:
         from cli.bench.overhead import run_overhead
 
-        return run_overhead(args.duration, args.connections, args.models)
+        return run_overhead(args.duration, args.connections, args.models, args.out)
 
     p.set_defaults(run=run)
 
@@ -34,7 +35,8 @@ def _cache(scenarios: argparse._SubParsersAction) -> None:
     f = Flags(p, "bench")
     f.add("--samples", "sequential requests per latency row", type=int, default=2000)
     f.add("--duration", "seconds of each load-generator run", type=float, default=8.0)
-    f.add("--out", "directory for the load generator's reports and plots", type=Path)
+    f.add("--out", "directory for the tables, the charts and the load generator's reports", type=Path,
+          default="results/bench-cache")  # fmt: skip
 
     def run(args: argparse.Namespace) -> int:
         from cli.bench.cache import run_cache
@@ -69,11 +71,12 @@ def _protocols(scenarios: argparse._SubParsersAction) -> None:
     f.add("--duration", "seconds measured per rate", type=float, default=8.0)
     f.add("--warmup", "seconds of load before each rate is measured", type=float, default=1.0)
     f.add("--max-outstanding", "requests in flight at most (more are dropped)", type=int, default=64)
+    f.add("--out", "directory for the tables, their JSON and the plots", type=Path, default="results/bench-protocols")
 
     def run(args: argparse.Namespace) -> int:
         from cli.bench.protocols import run_protocols
 
-        return run_protocols(args.duration, args.warmup, args.max_outstanding)
+        return run_protocols(args.duration, args.warmup, args.max_outstanding, args.out)
 
     p.set_defaults(run=run)
 
@@ -148,7 +151,8 @@ def _throughput(scenarios: argparse._SubParsersAction) -> None:
     f.add("--connections", "wrk's connections (closed loop)", type=int, default=16)
     f.add("--rate", "open-loop Poisson rate for its row (0: skip the row)", type=float, default=2500.0)
     f.add("--workers", "the cluster's workers", type=int, default=2)
-    f.add("--out", "directory for the open-loop report", type=Path)
+    f.add("--out", "directory for the table, the chart and the open-loop report", type=Path,
+          default="results/bench-throughput")  # fmt: skip
 
     def run(args: argparse.Namespace) -> int:
         from cli.bench.throughput import run_throughput

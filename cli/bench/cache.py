@@ -136,7 +136,7 @@ def _redis(root: Path) -> tuple[str, Callable[[], None]] | None:
     return f"redis://127.0.0.1:{port}/0", stop
 
 
-def run_cache(samples: int, duration: float, out: Path | None) -> int:
+def run_cache(samples: int, duration: float, out: Path) -> int:
     from loadgen.config import LoadConfig
     from loadgen.runner import run_once
 
@@ -220,12 +220,43 @@ def run_cache(samples: int, duration: float, out: Path | None) -> int:
         for repeat in (0.0, 0.3, 0.9):
             config = LoadConfig(
                 url=endpoint, rate=100.0, duration=duration, warmup=1.0, repeat=repeat, models=("slow",),
-                out=(out / f"repeat-{repeat:g}") if out else None, seed=int(repeat * 10) + 101,
+                out=out / f"repeat-{repeat:g}", seed=int(repeat * 10) + 101,
             )  # fmt: skip
             report, _ = run_once(config, title=f"repeat {repeat:g}")
             sweeps.append((repeat, report))
-    print(_table(rows, small_alone, small_during, large_ms, lag, sweeps, samples))
+    text = _table(rows, small_alone, small_during, large_ms, lag, sweeps, samples)
+    for path in write_outputs(out, text, rows, small_alone, small_during, sweeps):
+        print(f"wrote {path}")
+    print(text)
     return 0
+
+
+def write_outputs(
+    out: Path,
+    text: str,
+    rows: list[Row],
+    small_alone: list[float],
+    small_during: list[float],
+    sweeps: list[tuple[float, Report]],
+) -> list[Path]:
+    """cache.md, cache.json (percentiles per row), cache-latency.png (the
+    sequential rows' CDFs, small hits with and without large bodies beside
+    them) and cache-repeat.png (the load generator's runs by repeat rate)."""
+    from cli.bench.charts import cdfs
+    from cli.bench.outputs import write_table
+    from loadgen.plots import plot_compare
+
+    every = [*rows, Row("small hits, alone", small_alone), Row("small hits, large bodies arriving", small_during)]
+    data = {r.label: {"p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "samples": len(r.samples_ms)} for r in every}
+    written = write_table(out, "cache", text, data)
+    title = "Sequential requests, one keep-alive connection: cache hits, misses, a bare Redis GET"
+    written.append(
+        cdfs(out / "cache-latency.png", title, {r.label: r.samples_ms for r in every}, "latency (ms, log scale)")
+    )
+    labels = [f"repeat {repeat:g} (hit ratio {report.cache.hit_ratio:.2f})" for repeat, report in sweeps]
+    title = "Open loop at a fixed rate: how often a payload repeats"
+    written.append(plot_compare(labels, [r for _, r in sweeps], out / "cache-repeat.png", title))
+    return written
 
 
 def _vary(body: bytes, i: int) -> bytes:

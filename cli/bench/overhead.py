@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from cli.bench.outputs import wrk_outputs
 from cli.up import Cluster, UpOptions, example_requests, free_port, http_status, wait_ready
 from loadgen import nginx, wrk
 
@@ -47,7 +48,7 @@ def _expect(condition: bool, what: str) -> None:
         raise RuntimeError(f"benchmark set-up is wrong: {what}")
 
 
-def run_overhead(duration: float, connections: int, models: Path | None) -> int:
+def run_overhead(duration: float, connections: int, models: Path | None, out: Path) -> int:
     if not wrk.available():
         print("affinity bench: this scenario needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -97,7 +98,12 @@ def run_overhead(duration: float, connections: int, models: Path | None) -> int:
         results["balancer miss -> workers"] = wrk.run(endpoint + path, body, duration, connections, no_cache)
         results["direct -> worker"] = wrk.run(owner + path, body, duration, connections)
         assert http_status(endpoint + "/v2/health/ready") == 200
-    print(report(results, name, duration, connections))
+    text = report(results, name, duration, connections)
+    title = f"The balancer next to nginx: wrk, {connections} connections, model {name}"
+    references = ("nginx proxy -> static", "nginx proxy -> workers", "direct -> worker")
+    for written in wrk_outputs(out, "overhead", title, results, text, references):
+        print(f"wrote {written}")
+    print(text)
     return 0
 
 

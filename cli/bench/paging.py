@@ -217,8 +217,34 @@ def run_paging(size: int, architecture: str, trials: int, threads: int, out: Pat
     (out / "paging.md").write_text(table + "\n")
     summary = {"median_seconds": median, "trials_seconds": rows, "notes": notes, "threads": threads}
     (out / "paging.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"written to {out / 'paging.md'} and {out / 'paging.json'}")
+    plot = chart(median, notes, out / "paging.png")
+    print(f"written to {out / 'paging.md'}, {out / 'paging.json'} and {plot}")
     return 0
+
+
+def chart(median: dict[str, float], notes: dict[str, Any], path: Path) -> Path:
+    """The table's medians as bars (log scale: loads take seconds, steady answers milliseconds);
+    the references a cold start is measured against in grey."""
+    from cli.bench.charts import bars
+
+    rows = [(label, median[label] * 1e3) for label in ROW_ORDER if label in median]
+    references = ("(a) naive: init, torch.load, load_state_dict, infer", "(b) floor: copy + one steady inference",
+                  "copy the weights into fresh memory")  # fmt: skip
+    title = f"A cold model's first answer: {notes['architecture']}, {notes['bytes'] / 2**30:.2f} GiB (median)"
+    return bars(path, title, rows, "milliseconds, log scale", references, log=True)
+
+
+ROW_ORDER = (
+    "first request after the worker started, page cache",
+    "cold start, page cache",
+    "(a) naive: init, torch.load, load_state_dict, infer",
+    "(b) floor: copy + one steady inference",
+    "copy the weights into fresh memory",
+    "steady inference over HTTP",
+    "cold start, disk-cold",
+    "steady inference, mapped weights (in-process)",
+    "steady inference, copied weights (in-process)",
+)
 
 
 def made_args(directory: Path) -> dict[str, Any]:
@@ -249,17 +275,7 @@ def report(
         "| path | median ms | every trial, ms |",
         "| --- | ---: | --- |",
     ]
-    for label in (
-        "first request after the worker started, page cache",
-        "cold start, page cache",
-        "(a) naive: init, torch.load, load_state_dict, infer",
-        "(b) floor: copy + one steady inference",
-        "copy the weights into fresh memory",
-        "steady inference over HTTP",
-        "cold start, disk-cold",
-        "steady inference, mapped weights (in-process)",
-        "steady inference, copied weights (in-process)",
-    ):
+    for label in ROW_ORDER:
         trials_ms = ", ".join(f"{t * 1e3:.0f}" for t in rows.get(label, []))
         lines.append(f"| {label} | {median[label] * 1e3:,.0f} | {trials_ms} |")
     lines += [

@@ -62,7 +62,7 @@ def make_models(root: Path) -> None:
         make_model(root, name, "identity", {"datatype": "FP32", "width": width}, 0)
 
 
-def run_protocols(duration: float, warmup: float, max_outstanding: int) -> int:
+def run_protocols(duration: float, warmup: float, max_outstanding: int, out: Path) -> int:
     from loadgen.config import LoadConfig
     from loadgen.runner import run_once
 
@@ -94,9 +94,43 @@ def run_protocols(duration: float, warmup: float, max_outstanding: int) -> int:
                     print(_row_line(row), flush=True)
                     if report.achieved_rps < 0.6 * rate:  # well past saturation: higher rates only drop more
                         break
+    text = report_text(rows, costs(), duration, warmup, max_outstanding)
     print()
-    print(report_text(rows, costs(), duration, warmup, max_outstanding))
+    for path in write_outputs(rows, text, out):
+        print(f"wrote {path}")
+    print(text)
     return 0
+
+
+def write_outputs(rows: list[Row], text: str, out: Path) -> list[Path]:
+    """protocols.md (the tables), protocols.json (every rate's row) and
+    protocols.png: achieved throughput and p99 against offered load, one
+    line per protocol, one column per tensor size."""
+    from dataclasses import asdict
+
+    import orjson
+
+    from cli.bench.charts import curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "protocols.md", out / "protocols.json"]
+    written[0].write_text(text + "\n")
+    written[1].write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
+    sizes = list(dict.fromkeys(r.size for r in rows))
+
+    def series(size: str, attr: str) -> dict[str, list[tuple[float, float]]]:
+        return {
+            protocol: [(r.offered, getattr(r, attr)) for r in rows if (r.size, r.protocol) == (size, protocol)]
+            for protocol in dict.fromkeys(r.protocol for r in rows)
+        }
+
+    achieved = [(f"{size}: throughput", "achieved req/s", series(size, "achieved"), False) for size in sizes]
+    tails = [(f"{size}: p99 latency", "ms, log scale", series(size, "p99_ms"), True) for size in sizes]
+    title = "REST JSON vs REST binary vs gRPC through the balancer (open loop, Poisson)"
+    plot = curves(out / "protocols-throughput.png", title, achieved, "offered req/s (log scale)", len(sizes), True)
+    written.append(plot)
+    written.append(curves(out / "protocols-p99.png", title, tails, "offered req/s (log scale)", len(sizes)))
+    return written
 
 
 def _row_line(r: Row) -> str:

@@ -36,6 +36,7 @@ import orjson
 from common.process import affinity_command, free_port, spawn, stop, wait_ready
 
 SCENARIOS = {"zipf": "zipf:1.1", "skew": "zipf:3"}
+POPULARITY_NOTE = {"zipf": "Zipf 1.1", "skew": "Zipf 3"}
 DEFAULT_POLICIES = ("affinity", "round-robin", "consistent", "least-loaded")
 
 
@@ -150,9 +151,44 @@ def run_routing(
                     flush=True,
                 )
     text = report(rows, workers, budget, total, duration, warmup, rate, skew_rate, seed)
-    (out / "routing.md").write_text(text + "\n")
+    for path in write_outputs(rows, text, out):
+        print(f"wrote {path}")
     print(text)
     return 0
+
+
+def write_outputs(rows: list[Row], text: str, out: Path) -> list[Path]:
+    """routing.md (the table), routing.json (its rows), routing.png (p99 and
+    loads per policy, each scenario a group) and, where the runs' reports are
+    under ``out``, one latency-CDF plot per scenario with every policy."""
+    from dataclasses import asdict
+
+    from cli.bench.charts import grouped_bars
+    from loadgen.plots import plot_compare
+    from loadgen.report import Report
+
+    written = [out / "routing.md", out / "routing.json"]
+    written[0].write_text(text + "\n")
+    written[1].write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
+    scenarios = list(dict.fromkeys(r.scenario for r in rows))
+
+    def by(attr: str) -> dict[str, dict[str, float]]:
+        return {s: {r.policy: getattr(r, attr) for r in rows if r.scenario == s} for s in scenarios}
+
+    panels = [
+        ("p99 latency (lower is better)", "ms, log scale", by("p99_ms"), True),
+        ("model loads (lower is better)", "loads per 1,000 answers", by("loads_per_1000"), False),
+    ]
+    written.append(grouped_bars(out / "routing.png", "Routing policies on the same requests", panels))
+    for scenario in scenarios:
+        runs = [(r.policy, out / scenario / r.policy / "report.json") for r in rows if r.scenario == scenario]
+        runs = [(policy, path) for policy, path in runs if path.is_file()]
+        if runs:
+            reports = [Report.read(path) for _, path in runs]
+            target = out / f"routing-{scenario}-cdf.png"
+            title = f"Latency CDFs, {scenario} ({POPULARITY_NOTE.get(scenario, scenario)}), policies side by side"
+            written.append(plot_compare([policy for policy, _ in runs], reports, target, title))
+    return written
 
 
 def _named(row: Row, scenario: str, policy: str) -> Row:

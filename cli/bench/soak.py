@@ -231,8 +231,25 @@ def run_soak(
     (out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     text = render(result, workers)
     (out / "soak.md").write_text(text + "\n")
+    print(f"wrote {rss_chart(result, out / 'soak-rss.png')}")
     print(text)
     return 1 if counts["errors"] or counts["dropped"] or grown else 0
+
+
+def rss_chart(result: dict[str, object], path: Path) -> Path:
+    """Every process's resident memory over the run (MiB), the measured window's edges dashed."""
+    from cli.bench.charts import over_time
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    samples = result["samples"]
+    assert isinstance(samples, list)
+    for second, taken in samples:
+        for name, value in taken.items():
+            series.setdefault(name, []).append((second, value / 2**20))
+    start = float(result["window_starts_after_warmup_s"])  # type: ignore[arg-type]
+    marks = (start, start + float(result["window_s"]))  # type: ignore[arg-type]
+    title = f"Resident memory during the soak ({result['rate']:.0f} req/s, {result['minutes']:g} min)"
+    return over_time(path, title, series, "resident memory (MiB)", marks)
 
 
 def render(result: dict[str, object], workers: int) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from cli.bench.outputs import wrk_outputs
 from cli.up import Cluster, UpOptions
 from common.process import affinity_command, free_port, spawn, wait_ready
 from common.process import stop as stop_all
@@ -97,7 +98,7 @@ def _cluster(models: Path, options: UpOptions, stack: contextlib.ExitStack) -> t
     return cluster, cluster.start(models)
 
 
-def run_throughput(duration: float, connections: int, rate: float, workers: int, out: Path | None) -> int:
+def run_throughput(duration: float, connections: int, rate: float, workers: int, out: Path) -> int:
     rows: list[tuple[str, wrk.WrkResult | None, str]] = []
     budgets: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -144,17 +145,22 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
         wait_ready(direct + "/v2/health/ready", proc)
         wrk.run_script(direct, varied, 3, connections)
         rows.append(("direct -> worker (all models)", wrk.run_script(direct, varied, duration, connections), ""))
-    print(_table(rows, budgets, duration, connections))
+    text = _table(rows, budgets, duration, connections)
+    title = f"{MODELS} MLPs 3x{WIDTH}, every input different: wrk, {connections} connections"
+    results = {label: result for label, result, _ in rows}
+    for written in wrk_outputs(out, "throughput", title, results, text, ("direct -> worker (all models)",)):
+        print(f"wrote {written}")
+    print(text)
     return 0
 
 
-def _open_loop(endpoint: str, rate: float, duration: float, names: list[str], out: Path | None) -> str:
+def _open_loop(endpoint: str, rate: float, duration: float, names: list[str], out: Path) -> str:
     from loadgen.config import LoadConfig
     from loadgen.runner import run_once
 
     config = LoadConfig(
         url=endpoint, rate=rate, duration=duration, warmup=2.0, models=tuple(names), max_outstanding=256,
-        out=(out / "open-loop") if out else None,
+        out=out / "open-loop",
     )  # fmt: skip
     report, _ = run_once(config, title=f"open loop {rate:g}/s")
     c = report.counts
