@@ -46,6 +46,7 @@ from cache.breaker import CircuitBreaker
 from cache.redis_store import RedisStore
 from cache.response_cache import ResponseCache
 from common.grpc_server import GrpcListener
+from common.heap_trim import HeapTrimmer
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
@@ -126,6 +127,7 @@ class Balancer:
             self.grpc = GrpcListener(servicer.handlers(), config.grpc_max_message)
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop_lag = LoopLag(metrics.registry)
+        self.heap_trim = HeapTrimmer(metrics.registry, config.heap_trim_interval)
         self.port = config.port
         self.grpc_port: int | None = None
         self.shared = SharedMetrics(metrics.registry, metrics_dir) if metrics_dir is not None else None
@@ -175,6 +177,7 @@ class Balancer:
         if self.config.health_interval > 0:
             self._spawn(self.prober.run)
         self._spawn(self.loop_lag.run)
+        self._spawn(self.heap_trim.run)
         if self.shared is not None:
             self._spawn(self.shared.run)
         scheme = "https" if self.config.tls_cert is not None else "http"

@@ -86,6 +86,7 @@ class BalancerConfig:
     upstream_connections: int = 512
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
+    heap_trim_interval: float = 10.0  # seconds between checks that trim freed heap memory (0: never)
     processes: int = 1  # balancer processes sharing the ports (SO_REUSEPORT); metrics added up
     log_level: str = "INFO"
     api_keys: Path | None = None  # JSON key -> tenant; inference then needs a key
@@ -131,6 +132,8 @@ class BalancerConfig:
             raise ValueError("--processes must be at least 1")
         if self.drain_delay < 0:
             raise ValueError("drain delay cannot be negative")
+        if self.heap_trim_interval < 0:
+            raise ValueError("--heap-trim-interval cannot be negative (0 turns it off)")
         if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
             raise ValueError(f"redis URL must start with one of {', '.join(REDIS_SCHEMES)}")
         if self.cache_lock_timeout <= 0 or self.redis_timeout <= 0 or self.redis_breaker_cooldown <= 0:

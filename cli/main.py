@@ -65,6 +65,8 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--max-queue-delay", "seconds a batch may wait for more requests, when it pays", type=float, default=0.0005)
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
+    f.add("--heap-trim-interval", "seconds between checks that give freed heap memory back (0: never)", type=float,
+          default=10.0)  # fmt: skip
     f.add("--capacity", "capacity reported to balancers, its ring weight (0: the CPU budget)", type=size, default="0")
     f.add("--register-redis", "keep a registration (heartbeat key with a TTL) in this Redis for balancers to find")
     f.add("--register-ttl", "seconds a registration outlives its last heartbeat", type=float, default=10.0)
@@ -145,6 +147,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--index-refresh", "seconds between repository index refreshes", type=float, default=10.0)
     f.add("--processes", "balancer processes sharing the ports (SO_REUSEPORT), metrics added up", type=int, default=1)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
+    f.add("--heap-trim-interval", "seconds between checks that give freed heap memory back (0: never)", type=float,
+          default=10.0)  # fmt: skip
     f.add("--log-level", "log level", default="INFO")
     p.set_defaults(run=_run_balancer)
 

@@ -17,6 +17,7 @@ import contextlib
 import logging
 
 from common.grpc_server import GrpcListener
+from common.heap_trim import HeapTrimmer
 from common.http_server import HttpServer
 from common.lifecycle import serve_until_signalled
 from common.loop_lag import LoopLag
@@ -41,6 +42,7 @@ class Worker:
         self.port = config.port
         self.grpc_port: int | None = None
         self._lag: asyncio.Task[None] | None = None
+        self._trim: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
         self.heartbeat: Heartbeat | None = None
         self._leaving: asyncio.Task[None] | None = None
@@ -63,6 +65,8 @@ class Worker:
             raise
         service.ready = True
         self._lag = asyncio.get_running_loop().create_task(LoopLag(service.metrics.registry).run())
+        trimmer = HeapTrimmer(service.metrics.registry, self.config.heap_trim_interval)
+        self._trim = asyncio.get_running_loop().create_task(trimmer.run())
         sources = [str(s) for s in (self.config.models, self.config.remote_store) if s is not None]
         grpc_note = f" and grpc {self.config.host}:{self.grpc_port}" if self.grpc_port else ""
         log.info(
@@ -88,10 +92,11 @@ class Worker:
             await self._leaving
         if self._draining is not None:
             await self._draining
-        if self._lag is not None:
-            self._lag.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag
+        for task in (self._lag, self._trim):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         grace = self.config.shutdown_timeout
         await asyncio.gather(self._stop_grpc(grace), self._stop_http(grace))
         if self.service is not None:

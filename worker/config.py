@@ -42,6 +42,7 @@ class WorkerConfig:
     max_queue_delay: float = 0.0005  # seconds a batch may wait for more requests, when it pays
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
+    heap_trim_interval: float = 10.0  # seconds between checks that trim freed heap memory (0: never)
     capacity: int = 0  # bytes reported to balancers (0: the CPU memory budget)
     register_redis: str | None = None  # keep a registration in this Redis (balancer --workers-redis)
     register_ttl: float = 10.0  # seconds a registration lives without a heartbeat
@@ -84,6 +85,8 @@ class WorkerConfig:
             raise ValueError("the gRPC message limit must be positive")
         if self.threads < 0 or self.max_loads < 1 or self.max_body_size < 1 or self.drain_delay < 0:
             raise ValueError("threads, max loads and body size must be positive")
+        if self.heap_trim_interval < 0:
+            raise ValueError("--heap-trim-interval cannot be negative (0 turns it off)")
         if "\n" in self.worker_id:
             raise ValueError("worker id cannot hold a newline")
         if self.eviction not in POLICIES:
