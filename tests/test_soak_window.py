@@ -49,3 +49,24 @@ def test_cache_fill_follows_the_cache(metrics_server: tuple[str, ResponseCache])
     fill = cache_fill(url)
     assert fill is not None and 0.95 <= fill <= 1.0, "full: it evicts to stay within its capacity"
     assert cache_fill("http://127.0.0.1:9") is None, "nothing listening: it cannot say"
+
+
+def test_growth_is_read_from_medians_so_a_peak_at_the_edge_is_not_growth() -> None:
+    """A process that trims its heap moves up and down between trims: a sample at a peak
+    must not read as growth, a steady climb must, and a climb that stopped halfway shows in
+    the first half only."""
+    from cli.bench.soak import rss_growth
+
+    mib = 1 << 20
+    window = []
+    for i in range(121):  # ten minutes, a sample every 5 s
+        t = 5.0 * i
+        sawtooth = 400 * mib + (30 * mib if i % 4 == 3 or i == 120 else 0)  # peaks, one on the last sample
+        climbing = 100 * mib + i * mib // 2  # +60 MiB over the window: a leak
+        filled = 100 * mib + min(i, 40) * mib // 2  # +20 MiB in the first 200 s, then flat
+        window.append((t, {1: sawtooth, 2: climbing, 3: filled}))
+    rows = {r["process"]: r for r in rss_growth(window, {1: "trimming", 2: "leaking", 3: "filling"})}
+    assert abs(rows["trimming"]["growth"]) < 0.01, "the last sample's peak is not growth"
+    assert rows["leaking"]["growth"] > 0.4 and rows["leaking"]["late_growth"] > 0.15
+    assert rows["filling"]["growth"] > 0.15 and rows["filling"]["late_growth"] == 0.0
+    assert rss_growth([], {1: "x"}) == []

@@ -28,6 +28,7 @@ import contextlib
 import http.client
 import os
 import platform
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -43,6 +44,7 @@ from cli.bench.routing import BenchCluster, zoo_bytes
 from common.process import affinity_command
 
 GROWTH_GOAL = 0.05
+EDGE_SECONDS = 60.0  # the start, middle and end figures are medians over this long
 
 
 def rss(pid: int) -> int | None:
@@ -197,15 +199,8 @@ def run_soak(
     measured_from = float(report.get("measured_from", 0.0))  # type: ignore[arg-type]
     starts = max(measured_from, sampler.cache_full_at or 0.0)
     window = [(t, s) for t, s in sampler.samples if t >= starts] or sampler.samples
-    first, last = window[0][1], window[-1][1]
-    rows: list[dict[str, object]] = []
-    grown = []
-    for pid, name in pids.items():
-        if pid in first and pid in last:
-            growth = (last[pid] - first[pid]) / first[pid]
-            rows.append({"process": name, "pid": pid, "start": first[pid], "end": last[pid], "growth": growth})
-            if growth >= GROWTH_GOAL:
-                grown.append(name)
+    rows = rss_growth(window, pids)
+    grown = [str(r["process"]) for r in rows if float(r["growth"]) >= GROWTH_GOAL]  # type: ignore[arg-type]
     counts = report["counts"]
     assert isinstance(counts, dict)
     result = {
@@ -234,6 +229,39 @@ def run_soak(
     print(f"wrote {rss_chart(result, out / 'soak-rss.png')}")
     print(text)
     return 1 if counts["errors"] or counts["dropped"] or grown else 0
+
+
+def rss_growth(
+    window: list[tuple[float, dict[int, int]]], pids: dict[int, str], edge: float = EDGE_SECONDS
+) -> list[dict[str, object]]:
+    """Each process's RSS at the window's start and end, and between them at its middle.
+
+    Each figure is the median of the samples within ``edge`` seconds of that point (the
+    first ``edge`` seconds, the last, the ``edge`` around the middle), not one sample:
+    a process that hands freed memory back (``common.heap_trim``) moves up and down by
+    megabytes between trims, and one sample at a peak is not growth. ``growth`` (the
+    goal) is end over start; ``late_growth`` is end over middle: a leak grows in both
+    halves, a bounded structure still filling only in the first.
+    """
+    if not window:
+        return []
+    t0, t1 = window[0][0], window[-1][0]
+    middle = (t0 + t1) / 2
+
+    def at(pid: int, low: float, high: float) -> float | None:
+        values = [taken[pid] for t, taken in window if low <= t <= high and pid in taken]
+        return statistics.median(values) if values else None
+
+    rows: list[dict[str, object]] = []
+    for pid, name in pids.items():
+        start, end = at(pid, t0, t0 + edge), at(pid, t1 - edge, t1)
+        mid = at(pid, middle - edge / 2, middle + edge / 2)
+        if start and end:
+            rows.append(
+                {"process": name, "pid": pid, "start": start, "end": end, "growth": (end - start) / start,
+                 "middle": mid, "late_growth": (end - mid) / mid if mid else None}
+            )  # fmt: skip
+    return rows
 
 
 def rss_chart(result: dict[str, object], path: Path) -> Path:
@@ -271,16 +299,21 @@ def render(result: dict[str, object], workers: int) -> str:
         "",
         _window_note(result),
         "",
-        "| process | RSS at start | RSS at end | growth | goal < 5% |",
-        "| --- | ---: | ---: | ---: | --- |",
+        f"RSS at start, middle and end: medians of the samples in the window's first, middle and last "
+        f"{EDGE_SECONDS:g} s; second half: end over middle (a leak grows there too, a structure still "
+        "filling does not).",
+        "",
+        "| process | RSS at start | RSS at end | growth | goal < 5% | second half |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
     ]
     rows = result["rss"]
     assert isinstance(rows, list)
     for r in rows:
         met = "met" if r["growth"] < GROWTH_GOAL else "missed"
+        late = "" if r.get("late_growth") is None else f"{100 * r['late_growth']:+.1f}%"
         lines.append(
             f"| {r['process']} ({r['pid']}) | {r['start'] / 2**20:.1f} MiB | {r['end'] / 2**20:.1f} MiB "
-            f"| {100 * r['growth']:+.1f}% | {met} |"
+            f"| {100 * r['growth']:+.1f}% | {met} | {late} |"
         )
     return "\n".join(lines)
 
