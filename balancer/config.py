@@ -45,13 +45,13 @@ class BalancerConfig:
     grpc_port: int = 8001  # 0: no gRPC front
     grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     policy: str = "affinity"
-    balance_factor: float = 1.25
+    balance_factor: float = 2.0  # policy.DEFAULT_BALANCE_FACTOR
     admin_token: str | None = field(default=None, repr=False)
     redis_url: str | None = None
     cache_size: int = 256 << 20
     cache_ttl: float = 3600
     cache_max_entry: int = 1 << 20
-    upstream_encoding: str = "binary"  # how a JSON request's tensors travel to a worker: binary or json
+    upstream_encoding: str = "json"  # how a JSON request's tensors travel to a worker: json or binary
     cache_lock_timeout: float = 5.0  # longest wait for another balancer computing the same answer
     redis_timeout: float = 0.1  # per Redis call
     redis_breaker_cooldown: float = 30.0  # seconds the breaker stays open before probing Redis again

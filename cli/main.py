@@ -88,7 +88,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--grpc-port", "gRPC port (0: no gRPC front)", type=int, default=8001)
     f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
-    f.add("--balance-factor", "bounded-load factor (1+e)", type=float, default=1.25)
+    f.add("--balance-factor", "bounded-load factor (1+e): a worker takes up to this times its share", type=float,
+          default=2.0)  # fmt: skip
     f.add("--admin-token", "token the admin routes require, sent to the workers' repository routes",
           env=ADMIN_TOKEN_ENV, secret=True)  # fmt: skip
     f.add("--api-keys", "JSON file of API key -> tenant: inference then needs Authorization: Bearer <key>, "
@@ -116,9 +117,9 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--max-upstream-answer", "largest answer read from a worker", type=size, default="64MiB")
     f.add(
         "--upstream-encoding",
-        "how a JSON request's tensors travel to a worker: binary (the binary tensor extension, "
-        "packed once here) or json (the body as it came)",
-        default="binary",
+        "how a JSON request's tensors travel to a worker: json (the body as it came) or binary "
+        "(the binary tensor extension, packed once here)",
+        default="json",
         choices=("binary", "json"),
     )
     f.add("--connect-timeout", "seconds to connect to a worker", type=float, default=1.0)

@@ -2,11 +2,13 @@
 whose tensors the balancer packed for its cache key goes on as raw bytes, so the
 worker reads them without parsing numbers. What travels must be the same request:
 decoded, it gives the tensors, ids, parameters and requested outputs the JSON
-gave. (End to end, every test through the balancer runs over this hop.)"""
+gave. The hop is off by default (``--upstream-encoding json``: measured slower end
+to end on two cores); the end-to-end tests here turn it on."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,11 @@ from balancer.index import ModelInfo
 from balancer.plan import InferCall
 from cache.keys import KeyScope
 from cache.response_cache import ResponseCache
+from protocol.binary_codec import CONTENT_TYPE, HEADER
 from protocol.json_codec import decode_binary_request, decode_infer_request
+from tests.fake_worker import FakeWorker
+from tests.harness import request, start_balancer, start_worker
+from tests.reference import infer_body, sample_inputs
 
 SCOPE = KeyScope("m", "1", "w" * 64)
 INFO = ModelInfo("m", frozenset({"1"}), "1", deterministic=True, cacheable=True, scopes={"1": SCOPE})
@@ -80,3 +86,37 @@ def test_what_stays_json() -> None:
     assert plan.typed is None or binary_hop(*plan.typed) is None, "BYTES go as the caller wrote them"
     asks_binary = {**body, "parameters": {"binary_data_output": True}}
     assert _plan(asks_binary).typed is None, "an answer in binary: the request goes as it came"
+
+
+def test_the_balancer_forwards_json_as_it_came_unless_asked_to_pack_it(logdir: Path) -> None:
+    """What a worker receives for the same JSON request: the body as it came by default,
+    the binary extension (with its header length) under ``--upstream-encoding binary``."""
+    body = orjson.dumps(_request("FP32", [1.0, 2.0], [2]))
+    for flags, content_type in (((), "application/json"), (("--upstream-encoding", "binary"), CONTENT_TYPE)):
+        fake = FakeWorker("w1").start()
+        balancer = start_balancer([fake], logdir, *flags)  # type: ignore[list-item]
+        try:
+            balancer.wait_ready()
+            assert request(balancer.url, "POST", "/v2/models/m/infer", body).status == 200
+            (headers,) = [h for _, path, h in fake.seen if path.endswith("/infer")]
+            assert headers["Content-Type"] == content_type
+            assert (HEADER in headers) == bool(flags)
+        finally:
+            balancer.proc.stop()
+            fake.stop()
+
+
+def test_a_real_worker_answers_the_packed_request_as_it_answers_the_json_one(zoo: Path, logdir: Path) -> None:
+    worker = start_worker(zoo, logdir).wait_ready()
+    balancer = start_balancer([worker], logdir, "--upstream-encoding", "binary").wait_ready()
+    try:
+        for model in ("mlp-00", "logreg-03"):
+            body = orjson.dumps(infer_body(sample_inputs(zoo, model, 2, 11), request_id="q-1"))
+            direct = request(worker.url, "POST", f"/v2/models/{model}/infer", body)
+            through = request(balancer.url, "POST", f"/v2/models/{model}/infer", body, {"Cache-Control": "no-cache"})
+            assert direct.status == through.status == 200
+            assert through.json()["id"] == "q-1"
+            assert through.json()["outputs"] == direct.json()["outputs"]
+    finally:
+        balancer.proc.stop()
+        worker.proc.stop()

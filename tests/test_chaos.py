@@ -152,7 +152,8 @@ def test_a_spill_lands_on_a_worker_that_holds_the_model(zoo: Path, logdir: Path)
     in flight as one is placed, which the owner and the holder can always take
     (cap = ceil(1.25 x 5 / 3) = 3 each), so the cold successor is never needed."""
     model = "transformer-02"
-    with private_cluster(zoo, logdir, 3, "--policy", "affinity", "--max-replicas", "1") as (workers, balancer):
+    args = ("--policy", "affinity", "--max-replicas", "1", "--balance-factor", "1.25")
+    with private_cluster(zoo, logdir, 3, *args) as (workers, balancer):
         order = HashRing(w.id for w in workers).preference_list(model)
         owner, _successor, holder = order
         url = {w.id: w.url for w in workers}

@@ -95,6 +95,7 @@ def _routing(scenarios: argparse._SubParsersAction) -> None:
     f.add("--models", "model repository (default: a generated zoo of 8-32 MiB models)", type=Path)
     f.add("--zoo-count", "models in the generated zoo", type=int, default=24)
     f.add("--seed", "the load generator's seed (the same for every policy)", type=int, default=1)
+    f.add("--balance-factor", "the balancers' --balance-factor (0: their default)", type=float, default=0.0)
     f.add("--out", "directory for the reports and the table", type=Path, default="results/bench-routing")
 
     def run(args: argparse.Namespace) -> int:
@@ -107,7 +108,7 @@ def _routing(scenarios: argparse._SubParsersAction) -> None:
             raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
         return run_routing(
             args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
-            args.zoo_count, args.out, args.seed,
+            args.zoo_count, args.out, args.seed, args.balance_factor,
         )  # fmt: skip
 
     p.set_defaults(run=run)

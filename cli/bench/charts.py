@@ -14,19 +14,12 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+
+from loadgen.plots import plain_log_ticks
 
 DPI = 110
 MUTED = "#9a9a9a"  # reference rows (nginx, a bare Redis GET, the copy floor)
 MAIN = "#3b75af"
-
-
-def _plain(ax: Axes, axis: str) -> None:
-    """Log-scale ticks as 2, 5, 20 rather than 2x10^0."""
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    target.set_major_formatter(plain)
-    target.set_minor_formatter(plain)
 
 
 def bars(
@@ -50,10 +43,10 @@ def bars(
     ax.set_yticks(positions, labels)
     if log:
         ax.set_xscale("log")
-        _plain(ax, "x")
+        plain_log_ticks(ax, "x")
     top = max(values, default=1.0)
     for y, label, value in zip(positions, labels, values, strict=True):
-        text = f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+        text = f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
         if notes and label in notes:
             text += f"  {notes[label]}"
         ax.annotate(text, (value, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
@@ -87,7 +80,7 @@ def grouped_bars(
         ax.set_xticks(range(len(names)), names)
         if log:
             ax.set_yscale("log")
-            _plain(ax, "y")
+            plain_log_ticks(ax, "y")
         ax.set_ylabel(ylabel)
         ax.set_title(panel_title)
         ax.grid(True, axis="y", which="both", alpha=0.3)
@@ -121,10 +114,10 @@ def curves(
             top = max((x for points in series.values() for x, _ in points), default=1.0)
             ax.plot([0, top], [0, top], linestyle=":", color=MUTED, label="achieved = offered")
         ax.set_xscale("log")
-        _plain(ax, "x")
+        plain_log_ticks(ax, "x")
         if log:
             ax.set_yscale("log")
-            _plain(ax, "y")
+            plain_log_ticks(ax, "y")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(panel_title)
@@ -170,7 +163,7 @@ def cdfs(path: Path, title: str, samples: Mapping[str, Sequence[float]], xlabel:
             n = len(ordered)
             ax.plot(ordered, [(i + 1) / n for i in range(n)], drawstyle="steps-post", label=name)
     ax.set_xscale("log")
-    _plain(ax, "x")
+    plain_log_ticks(ax, "x")
     ax.set_ylim(0, 1.01)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of requests at or below")

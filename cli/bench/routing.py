@@ -124,8 +124,10 @@ def run_routing(
     zoo_count: int,
     out: Path,
     seed: int,
+    balance_factor: float = 0.0,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
+    balancer_args = ("--balance-factor", f"{balance_factor:g}") if balance_factor > 0 else ()
     with contextlib.ExitStack() as stack:
         if models is None:
             from worker.zoo import make_zoo
@@ -137,7 +139,7 @@ def run_routing(
         rows = []
         for scenario, popularity in SCENARIOS.items():
             for policy in policies:
-                cluster = BenchCluster(models, workers, budget, policy, out)
+                cluster = BenchCluster(models, workers, budget, policy, out, balancer_args)
                 try:
                     scenario_rate = rate if scenario == "zipf" else skew_rate
                     row = load_run(
@@ -150,7 +152,7 @@ def run_routing(
                     f"{scenario:5s} {policy:13s} p99 {row.p99_ms:9.1f} ms  loads/1000 {row.loads_per_1000:7.1f}",
                     flush=True,
                 )
-    text = report(rows, workers, budget, total, duration, warmup, rate, skew_rate, seed)
+    text = report(rows, workers, budget, total, duration, warmup, rate, skew_rate, seed, balance_factor)
     for path in write_outputs(rows, text, out):
         print(f"wrote {path}")
     print(text)
@@ -209,13 +211,15 @@ def report(
     rate: float,
     skew_rate: float,
     seed: int,
+    balance_factor: float = 0.0,
 ) -> str:
     memory = f"{budget / 2**20:.0f} MiB each"
+    factor = f", --balance-factor {balance_factor:g}" if balance_factor > 0 else ""
     lines = [
         f"`affinity bench routing` on {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}: {workers} workers, zoo {total / 2**20:.0f} MiB, budgets {memory}; "
         f"open loop, Poisson, {duration:g} s measured after {warmup:g} s warm-up, seed {seed}; "
-        f"zipf at {rate:g} req/s, skew at {skew_rate:g} req/s",
+        f"zipf at {rate:g} req/s, skew at {skew_rate:g} req/s{factor}",
         "",
         "| scenario | policy | p50 ms | p99 ms | answers/s | loads per 1,000 | errors | dropped |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
