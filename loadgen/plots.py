@@ -4,6 +4,7 @@ that ``savefig`` uses for PNG."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,10 +17,18 @@ from loadgen.report import Report
 DPI = 110
 
 
-def _plain_numbers(ax: Axes, axis: str) -> None:
-    """Log-scale ticks as 2, 5, 20 rather than 2x10^0."""
+def _tick(value: float, _: object) -> str:
+    """1, 2 and 5 times a power of ten, written plainly; the other minor ticks unlabelled."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if round(lead, 6) in (1.0, 2.0, 5.0) else ""
+
+
+def plain_log_ticks(ax: Axes, axis: str) -> None:
+    """Log-scale ticks as 2, 5, 20 rather than 2x10^0, and only those (no crowding)."""
     target = ax.xaxis if axis == "x" else ax.yaxis
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    plain = FuncFormatter(_tick)
     target.set_major_formatter(plain)
     target.set_minor_formatter(plain)
 
@@ -27,7 +36,7 @@ def _plain_numbers(ax: Axes, axis: str) -> None:
 def _cdf_axes(fig: Figure, title: str) -> Axes:
     ax: Axes = fig.subplots()
     ax.set_xscale("log")
-    _plain_numbers(ax, "x")
+    plain_log_ticks(ax, "x")
     ax.set_xlabel("latency from scheduled send (ms, log scale)")
     ax.set_ylabel("fraction of requests at or below")
     ax.set_ylim(0, 1.01)
@@ -57,7 +66,7 @@ def plot_over_time(report: Report, path: Path) -> Path:
         top.plot(seconds, [getattr(row, attr) for row in report.series], marker=".", label=label)
     top.set_ylabel("latency (ms), by scheduled second")
     top.set_yscale("log")
-    _plain_numbers(top, "y")
+    plain_log_ticks(top, "y")
     top.grid(True, which="both", alpha=0.3)
     top.legend(loc="best")
     top.set_title(f"Over time: {_label(report)}")
@@ -84,7 +93,7 @@ def plot_sweep(offered: Sequence[float], reports: Sequence[Report], knee: float 
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("latency (ms, log scale)")
     ax.set_yscale("log")
-    _plain_numbers(ax, "y")
+    plain_log_ticks(ax, "y")
     ax.grid(True, which="both", alpha=0.3)
     right = ax.twinx()
     right.plot(offered, [r.achieved_rps for r in reports], color="black", linestyle="--", marker="x", label="achieved")
