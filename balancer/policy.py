@@ -29,7 +29,7 @@ SPILL_WINDOW = 3  # how many spill candidates past the home set are searched for
 # The bounded-load factor (1+e). 2, not HAProxy's customary 1.25: a spill to a worker
 # that does not hold the model costs a load (and an eviction there), and with few
 # requests in flight 1.25 caps every worker at one or two, so ordinary bursts spilled.
-# Measured with `affinity bench routing` (docs/benchmarks.md): 2-4x fewer loads, the
+# Measured with `affinity bench routing` (docs/benchmarks.md): 1.7-4.3x fewer loads, the
 # same tails under skew.
 DEFAULT_BALANCE_FACTOR = 2.0
 

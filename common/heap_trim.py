@@ -8,13 +8,15 @@ the system with 12 MB in use: memory freed by the program and kept by the
 allocator, which returns a thread arena's pages only when asked. One
 ``malloc_trim(0)`` took that worker from 547 to 397 MiB.
 
-How: every ``interval`` seconds, on a thread of the default executor (a trim
-walks the arenas and holds their locks for a few milliseconds; the event loop
-never waits for it), read ``RssAnon`` (anonymous memory: the heap, not the
-memory-mapped weights, which the page cache owns) and trim only when it has
-grown by ``threshold`` since the last trim (or since the start), so a process
-whose memory holds steady never trims. ``affinity_heap_trims_total`` and
-``affinity_heap_trimmed_bytes_total`` (what ``RssAnon`` fell by) say what it did.
+How: every ``interval`` seconds, on a thread of the default executor, read
+``RssAnon`` (anonymous memory: the heap, not the memory-mapped weights, which
+the page cache owns) and trim only when it has grown by ``threshold`` since the
+last trim (or since the start), so a process whose memory holds steady never
+trims. A trim walks the arenas holding each one's lock in turn, so a thread
+that allocates from the arena being walked (the event loop's included) may
+wait for it; ``affinity_heap_trim_seconds_total`` counts the time trims took,
+beside ``affinity_heap_trims_total`` and ``affinity_heap_trimmed_bytes_total``
+(what ``RssAnon`` fell by).
 Where the C library has no ``malloc_trim`` (musl, macOS) this does nothing.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +80,9 @@ class HeapTrimmer:
         self._trimmed = registry.counter(
             "affinity_heap_trimmed_bytes_total", "Anonymous resident memory those trims gave back, in bytes."
         ).labels()
+        self._seconds = registry.counter(
+            "affinity_heap_trim_seconds_total", "Time those trims took (arenas locked in turn while they run)."
+        ).labels()
 
     @property
     def available(self) -> bool:
@@ -91,7 +97,9 @@ class HeapTrimmer:
         if now - self.baseline < self.threshold:
             self.baseline = min(self.baseline, now)  # it shrank by itself: measure growth from here
             return 0
+        started = time.perf_counter()
         self.trim(0)
+        self._seconds.inc(time.perf_counter() - started)
         after = self.measure()
         after = now if after is None else after
         released = max(0, now - after)

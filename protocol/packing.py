@@ -38,7 +38,7 @@ ARRAY_CODES: dict[str, str] = {
 }
 ELEMENT_SIZE: dict[str, int] = {"BOOL": 1, "FP16": 2, **{t: array(c).itemsize for t, c in ARRAY_CODES.items()}}
 _BIG_ENDIAN = sys.byteorder == "big"
-_FP16_MAX = 65504.0
+_FP16_OVERFLOW = 65520.0  # from here a float16 cast rounds to infinity (below it, to 65504)
 
 
 def flatten(data: Any, name: str) -> list[Any]:
@@ -103,7 +103,7 @@ def _pack_fp16(values: list[Any]) -> bytes:
         # number fails again below, as a TypeError or struct.error.
         if not all(isinstance(v, int | float) for v in values):
             raise TypeError from None
-        clamped = [v if abs(v) <= _FP16_MAX else math.copysign(math.inf, v) for v in values]
+        clamped = [v if abs(v) < _FP16_OVERFLOW else math.copysign(math.inf, v) for v in values]
         return struct.pack(f"<{len(clamped)}e", *clamped)
 
 

@@ -46,6 +46,14 @@ def test_packing_matches_numpy_little_endian_bytes(datatype: str, data: st.DataO
 def test_fp16_past_its_range_is_infinity_as_numpy_casts_it() -> None:
     assert pack("FP16", [70000.0, -1e6], "x") == np.asarray([np.inf, -np.inf], np.float16).tobytes()
     assert pack("FP16", [65520, -70000, 1], "x") == np.asarray([np.inf, -np.inf, 1], np.float16).tobytes()
+    near = [
+        65510.0,
+        65519.9,
+        -65519.0,
+        70000.0,
+    ]  # below 65520 rounds to the largest finite value, whatever its neighbours
+    with np.errstate(over="ignore"):  # numpy's cast of 70000 warns as it gives infinity
+        assert pack("FP16", near, "x") == np.asarray(near, np.float16).tobytes()
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ def _paging(scenarios: argparse._SubParsersAction) -> None:
     f.add("--arch", "the model's architecture", default="mlp")
     f.add("--trials", "trials per row (the median is reported)", type=int, default=3)
     f.add("--threads", "torch threads, in the worker and in this process", type=int, default=1)
-    f.add("--out", "where the table and its JSON are written", type=Path, default="results/bench")
+    f.add("--out", "where the table, its JSON and the chart are written", type=Path, default="results/bench-paging")
 
     def run(args: argparse.Namespace) -> int:
         from cli.bench.paging import main_paging

@@ -117,6 +117,8 @@ def write_outputs(rows: list[Row], text: str, out: Path) -> list[Path]:
     written[0].write_text(text + "\n")
     written[1].write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
     sizes = list(dict.fromkeys(r.size for r in rows))
+    if not sizes:
+        return written
 
     def series(size: str, attr: str) -> dict[str, list[tuple[float, float]]]:
         return {

@@ -236,7 +236,8 @@ def rss_growth(
 ) -> list[dict[str, object]]:
     """Each process's RSS at the window's start and end, and between them at its middle.
 
-    Each figure is the median of the samples within ``edge`` seconds of that point (the
+    Each figure is the median of the samples within ``edge`` seconds (at most a quarter
+    of the window) of that point (the
     first ``edge`` seconds, the last, the ``edge`` around the middle), not one sample:
     a process that hands freed memory back (``common.heap_trim``) moves up and down by
     megabytes between trims, and one sample at a peak is not growth. ``growth`` (the
@@ -247,6 +248,7 @@ def rss_growth(
         return []
     t0, t1 = window[0][0], window[-1][0]
     middle = (t0 + t1) / 2
+    edge = min(edge, (t1 - t0) / 4)  # a short window: the start and end figures must not share samples
 
     def at(pid: int, low: float, high: float) -> float | None:
         values = [taken[pid] for t, taken in window if low <= t <= high and pid in taken]

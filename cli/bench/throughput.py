@@ -6,7 +6,7 @@ hit, nothing coalesced), a model chosen at random per request, 16 connections
 (wrk, closed loop). Rows, in one run:
 
   cluster                 `affinity up` with its defaults (two workers, one balancer)
-  cluster, JSON hop       the same, the balancer forwarding JSON bodies as they came
+  cluster, binary hop     the same, the balancer packing JSON requests into the binary extension
   cluster, half in memory the same with each worker's CPU budget holding half the models
   cluster, one model      every request to one model (batching)
   direct -> worker        one worker holding every model, no balancer
