@@ -10,10 +10,12 @@ figures docs/reliability.md quotes), never asserted on: tests assert counts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,12 @@ class LoadRun:
             if time.monotonic() > deadline:
                 raise TimeoutError("the load generator did not start")
             time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the generator if it still runs (a test that failed before ``finish``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def finish(self, timeout: float = 90.0) -> Report:
         assert self.proc is not None
@@ -128,3 +136,25 @@ def summary(
         (Path(where) / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(result).decode())
     return result
+
+
+MIGRATE = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+@contextlib.contextmanager
+def migrate_queued_connections() -> Iterator[bool]:
+    """net.ipv4.tcp_migrate_req = 1 for the block when this process may set it (root),
+    the old value restored after; yields whether it is on."""
+    if not MIGRATE.exists() or os.environ.get("AFFINITY_CHAOS_NO_MIGRATE"):  # the latter: to measure without
+        yield MIGRATE.exists() and MIGRATE.read_text().strip() == "1"
+        return
+    old = MIGRATE.read_text().strip()
+    try:
+        MIGRATE.write_text("1")
+    except OSError:
+        yield old == "1"
+        return
+    try:
+        yield True
+    finally:
+        MIGRATE.write_text(old)

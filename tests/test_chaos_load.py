@@ -15,7 +15,6 @@ re-admission) are asserted one by one in tests/test_chaos.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ import pytest
 
 from balancer.ring import HashRing
 from loadgen.report import Report
-from tests.chaos_load import LoadRun, summary
+from tests.chaos_load import LoadRun, migrate_queued_connections, summary
 from tests.harness import RedisServer, Server, request, start_balancer, start_worker, wait_until
 from tests.metrics_text import metric_sum
 from tests.test_chaos import scrape, state
@@ -40,7 +39,6 @@ BALANCER = (
     "--unhealthy-threshold", "2", "--healthy-threshold", "2", "--ejection-time", "1", "--max-ejection-time", "2",
     "--redis-breaker-cooldown", "1", "--index-refresh", "1",
 )  # fmt: skip
-MIGRATE = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 @dataclass
@@ -102,8 +100,21 @@ def owner_index(chaos: Chaos, model: str) -> int:
     return next(i for i, w in enumerate(chaos.workers) if w.id == owner)
 
 
+_RUNS: list[LoadRun] = []  # started by the current test
+
+
+@pytest.fixture(autouse=True)
+def _no_load_outlives_its_test() -> Iterator[None]:
+    """A test that fails between starting its load and finishing it leaves no
+    generator running into the next test."""
+    yield
+    while _RUNS:
+        _RUNS.pop().stop()
+
+
 def start_load(chaos: Chaos, out: Path, url: str | None = None) -> LoadRun:
     run = LoadRun(url or chaos.balancer.url, out, models=MODELS).start()
+    _RUNS.append(run)
     run.wait_until_sending(url or chaos.balancer.url)
     time.sleep(1.5)  # a stretch of steady load before the fault
     return run
@@ -207,25 +218,6 @@ def test_a_model_load_fails(chaos: Chaos, tmp_path: Path) -> None:
     ejections = "affinity_worker_ejections_total"
     assert metric_sum(after, ejections) == metric_sum(before, ejections), "a model's failure ejects no worker"
     whole(chaos)
-
-
-@contextlib.contextmanager
-def migrate_queued_connections() -> Iterator[bool]:
-    """net.ipv4.tcp_migrate_req = 1 for the block when this process may set it (root),
-    the old value restored after; yields whether it is on."""
-    if not MIGRATE.exists() or os.environ.get("AFFINITY_CHAOS_NO_MIGRATE"):  # the latter: to measure without
-        yield MIGRATE.exists() and MIGRATE.read_text().strip() == "1"
-        return
-    old = MIGRATE.read_text().strip()
-    try:
-        MIGRATE.write_text("1")
-    except OSError:
-        yield old == "1"
-        return
-    try:
-        yield True
-    finally:
-        MIGRATE.write_text(old)
 
 
 def queued_at_close(log: Path) -> int:
