@@ -103,19 +103,15 @@ def run_protocols(duration: float, warmup: float, max_outstanding: int, out: Pat
 
 
 def write_outputs(rows: list[Row], text: str, out: Path) -> list[Path]:
-    """protocols.md (the tables), protocols.json (every rate's row) and
-    protocols.png: achieved throughput and p99 against offered load, one
-    line per protocol, one column per tensor size."""
+    """protocols.md (the tables), protocols.json (every rate's row),
+    protocols-throughput.png and protocols-p99.png: achieved throughput and p99
+    against offered load, one line per protocol, one column per tensor size."""
     from dataclasses import asdict
 
-    import orjson
-
     from cli.bench.charts import curves
+    from cli.bench.outputs import write_table
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "protocols.md", out / "protocols.json"]
-    written[0].write_text(text + "\n")
-    written[1].write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
+    written = write_table(out, "protocols", text, [asdict(r) for r in rows])
     sizes = list(dict.fromkeys(r.size for r in rows))
     if not sizes:
         return written

@@ -166,12 +166,11 @@ def write_outputs(rows: list[Row], text: str, out: Path) -> list[Path]:
     from dataclasses import asdict
 
     from cli.bench.charts import grouped_bars
+    from cli.bench.outputs import write_table
     from loadgen.plots import plot_compare
     from loadgen.report import Report
 
-    written = [out / "routing.md", out / "routing.json"]
-    written[0].write_text(text + "\n")
-    written[1].write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
+    written = write_table(out, "routing", text, [asdict(r) for r in rows])
     scenarios = list(dict.fromkeys(r.scenario for r in rows))
 
     def by(attr: str) -> dict[str, dict[str, float]]:

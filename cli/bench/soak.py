@@ -236,9 +236,9 @@ def rss_growth(
 ) -> list[dict[str, object]]:
     """Each process's RSS at the window's start and end, and between them at its middle.
 
-    Each figure is the median of the samples within ``edge`` seconds (at most a quarter
-    of the window) of that point (the
-    first ``edge`` seconds, the last, the ``edge`` around the middle), not one sample:
+    Each figure is the median of the samples in the window's first ``edge`` seconds,
+    its last, and the ``edge`` around its middle (``edge`` at most a quarter of the
+    window), not one sample:
     a process that hands freed memory back (``common.heap_trim``) moves up and down by
     megabytes between trims, and one sample at a peak is not growth. ``growth`` (the
     goal) is end over start; ``late_growth`` is end over middle: a leak grows in both
