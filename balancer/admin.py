@@ -22,7 +22,7 @@ from balancer.replicas import ReplicaScaler
 from balancer.residency import Residency
 from balancer.transport import Transport, UpstreamResponse
 from common.auth import admin_headers
-from protocol.errors import ModelNotFound, NotFound, UpstreamUnavailable, error_for_status
+from protocol.errors import NotFound, UpstreamUnavailable, error_for_status
 from protocol.names import check_name
 
 JSON = "application/json"
@@ -110,10 +110,7 @@ class AdminService:
 
     async def _owners(self, name: str) -> str:
         check_name(name)
-        info = self.index.get(name) or await self.index.lookup(name)
-        if info is None:
-            raise ModelNotFound(name)
-        return info.name
+        return (await self.index.require(name)).name
 
     async def repository(self, name: str, action: str, body: bytes) -> dict[str, Any]:
         """``load`` or ``unload`` the model on its owners (its home workers; an unload

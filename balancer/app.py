@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from common.shared_metrics import SharedMetrics
 log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 0.25
+STARTUP_LEARN_SECONDS = 10.0  # a process sharing its port waits at most this long for workers before it listens
 
 
 def address_source(config: BalancerConfig) -> AddressSource:
@@ -157,8 +159,10 @@ class Balancer:
 
     async def start(self) -> None:
         await self.service.rules.start()
+        shared = self.config.processes > 1
+        if shared:
+            await self._learn_before_listening()
         try:
-            shared = self.config.processes > 1
             config = self.config
             self.port = await self.http.start(config.host, config.port, reuse_port=shared, tls=config.tls_context())
             if self.grpc is not None:
@@ -187,6 +191,20 @@ class Balancer:
             scheme, self.config.host, self.port, grpc_note,
             self.source.name, self.config.policy, "redis" if self.config.redis_url else "in-process",
         )  # fmt: skip
+
+    async def _learn_before_listening(self) -> None:
+        """One of several processes on a shared port learns the workers and the index
+        before it listens: the kernel hands a listener new connections at once, and
+        a sibling that is ready serves them meanwhile (a rolling restart). Bounded:
+        with no worker up, it listens anyway and answers 503 until one is."""
+        deadline = time.monotonic() + STARTUP_LEARN_SECONDS
+        while not self.service.ready and time.monotonic() < deadline:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("membership refresh failed")
+            if not self.service.ready:
+                await asyncio.sleep(0.2)
 
     async def refresh(self) -> None:
         """Learn the workers (ids, addresses, capacities), apply the changes, refresh the index."""

@@ -3,7 +3,8 @@
 It answers, without a network call, which models exist, their versions and
 latest version, and whether their answers may be cached. A name not in it
 triggers one refresh (shared by concurrent callers, at most one forced refresh
-per ``min_interval``) before the balancer answers 404 itself. When every worker
+per ``min_interval``) before the balancer answers 404 itself (503 while no index
+was ever loaded: not knowing is not "not found"). When every worker
 fails to answer, the last known index is kept: a registry outage never empties it.
 """
 
@@ -22,6 +23,7 @@ from balancer.members import Members
 from balancer.transport import Transport
 from cache.keys import KeyScope
 from common.singleflight import SingleFlight
+from protocol.errors import ModelNotFound, Unavailable
 from protocol.types import IndexEntry
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,17 @@ class ModelIndex:
             await self.refresh()
             info = self.models.get(name)
         return info
+
+    async def require(self, name: str) -> ModelInfo:
+        """The model's info; 404 when the index knows no such model, 503 (retry
+        soon) while no index was ever loaded: a process that has not heard from a
+        worker yet cannot say a model does not exist."""
+        info = self.models.get(name) or await self.lookup(name)
+        if info is not None:
+            return info
+        if not self.loaded:
+            raise Unavailable("the balancer has not loaded the repository index yet")
+        raise ModelNotFound(name)
 
     async def refresh(self) -> None:
         await self._flight.do("refresh", self._refresh())

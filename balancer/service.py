@@ -42,7 +42,6 @@ from common.singleflight import SingleFlight
 from protocol import binary_codec
 from protocol.errors import (
     DeadlineExceeded,
-    ModelNotFound,
     ProtocolError,
     UpstreamUnavailable,
     VersionNotFound,
@@ -132,9 +131,7 @@ class BalancerService:
         self.metrics.observe(call.model, status, cache, time.perf_counter() - started, call.protocol)
 
     async def _infer_unknown(self, call: InferCall, started: float) -> Answer:
-        info = await self.index.lookup(check_name(call.model))
-        if info is None:
-            raise ModelNotFound(call.model)
+        info = await self.index.require(check_name(call.model))
         outcome = self._infer(call, info, started)
         return outcome if isinstance(outcome, Answer) else await outcome
 
@@ -268,9 +265,7 @@ class BalancerService:
     # metadata, health, repository
 
     async def _model(self, name: str, version: str | None) -> ModelInfo:
-        info = self.index.get(name) or await self.index.lookup(check_name(name))
-        if info is None:
-            raise ModelNotFound(name)
+        info = self.index.get(name) or await self.index.require(check_name(name))
         resolve_version(info, version)
         return info
 

@@ -36,6 +36,7 @@ class FakeWorker:
     ready: bool = True
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (method, path, headers)
     index_calls: int = 0
+    port: int = 0  # 0: a free one
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -98,7 +99,7 @@ class FakeWorker:
                 else:
                     self._answer(404, b'{"error": "no such route"}')
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from balancer.ring import HashRing
+from common.process import free_port
 from tests.fake_worker import Answer, FakeWorker
 from tests.harness import Server, request, start_balancer, wait_until
 from tests.metrics_text import metric_sum
@@ -213,3 +214,31 @@ def test_drain_waits_for_in_flight_requests_and_sends_no_new_ones(logdir: Path) 
         assert request(balancer.url, "POST", "/admin/workers/nobody/drain", b"").status == 404
         request(balancer.url, "POST", f"/admin/workers/{owner.worker_id}/undrain", b"")
         assert infer(balancer).headers["x-served-by"] == owner.worker_id
+
+
+def test_a_balancer_that_never_heard_from_a_worker_answers_503_not_404(logdir: Path) -> None:
+    """Not knowing the index is not "no such model": until a worker has answered, a
+    model's requests get 503 with Retry-After (retry soon), and the same requests
+    succeed once the worker is up; a name the loaded index lacks is then 404."""
+    port = free_port()
+    front = start_balancer([], logdir, "--workers", f"http://127.0.0.1:{port}", "--discovery-interval", "0.2")
+    fake: FakeWorker | None = None
+    try:
+
+        def live() -> bool:
+            with contextlib.suppress(OSError):
+                return request(front.url, "GET", "/v2/health/live").status == 200
+            return False
+
+        wait_until(live, 20, 0.1)
+        for method, path, body in [("POST", "/v2/models/m/infer", BODY), ("GET", "/v2/models/m", b"")]:
+            resp = request(front.url, method, path, body, NO_CACHE)
+            assert resp.status == 503, (path, resp.status, resp.body)
+            assert resp.headers.get("retry-after") == "1" and "index" in resp.json()["error"]
+        fake = FakeWorker("127.0.0.1:fake", port=port).start()
+        wait_until(lambda: request(front.url, "POST", "/v2/models/m/infer", BODY, NO_CACHE).status == 200, 20, 0.2)
+        assert request(front.url, "POST", "/v2/models/other/infer", BODY, NO_CACHE).status == 404
+    finally:
+        front.proc.stop()
+        if fake is not None:
+            fake.stop()
