@@ -100,7 +100,7 @@ class Balancer:
             breaker = CircuitBreaker(cooldown=config.redis_breaker_cooldown)
             remote = RedisStore(config.redis_url, config.redis_timeout, breaker)
         context = PolicyContext(members.shares, self.residency.holds, self.replicas.counts)
-        policy = make_policy(config.policy, config.balance_factor, context)
+        policy = make_policy(config.policy, config.balance_factor, context, config.cold_spill_slack)
         budget = RetryBudget(config.retry_ratio, config.retry_floor, config.retry_window)
         router = Router(
             members, policy, self.transport, metrics, config.router_settings(), budget, self.replicas, self.residency

@@ -46,6 +46,7 @@ class BalancerConfig:
     grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     policy: str = "affinity"
     balance_factor: float = 2.0  # policy.DEFAULT_BALANCE_FACTOR
+    cold_spill_slack: int = 4  # policy.DEFAULT_COLD_SPILL_SLACK
     admin_token: str | None = field(default=None, repr=False)
     redis_url: str | None = None
     cache_size: int = 256 << 20
@@ -116,6 +117,8 @@ class BalancerConfig:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         if self.balance_factor <= 0:
             raise ValueError("balance factor must be above 0")
+        if self.cold_spill_slack < 0:
+            raise ValueError("cold-spill slack must be 0 or more")
         if not 0 <= self.port <= 65535 or not 0 <= self.grpc_port <= 65535:
             raise ValueError("ports must be in 0..65535")
         if self.grpc_max_message < 1:

@@ -32,6 +32,12 @@ SPILL_WINDOW = 3  # how many spill candidates past the home set are searched for
 # Measured with `affinity bench routing` (docs/benchmarks.md): 1.7-4.3x fewer loads, the
 # same tails under skew.
 DEFAULT_BALANCE_FACTOR = 2.0
+# A spill to a worker that does not hold the model costs a load there (and an eviction);
+# while a home worker that holds it has fewer than its cap plus this many requests in
+# flight, the request waits there instead. 0: spill as plain bounded load does. A slack in
+# requests, not a factor: with few workers any factor times the balance factor reaches
+# the worker count, and a cap of a share of one bounds nothing.
+DEFAULT_COLD_SPILL_SLACK = 4
 
 
 class RoutingPolicy(Protocol):
@@ -112,9 +118,15 @@ class BoundedLoadPolicy:
 
     name = "bounded"
 
-    def __init__(self, balance_factor: float = DEFAULT_BALANCE_FACTOR, context: PolicyContext | None = None) -> None:
+    def __init__(
+        self,
+        balance_factor: float = DEFAULT_BALANCE_FACTOR,
+        context: PolicyContext | None = None,
+        cold_spill_slack: int = 0,
+    ) -> None:
         self.balance_factor = balance_factor
         self.context = context or PolicyContext()
+        self.cold_spill_slack = cold_spill_slack
 
     def share(self, worker: str, loads: Mapping[str, int]) -> float:
         return self.context.shares.get(worker) or 1.0 / max(len(loads), 1)
@@ -132,6 +144,12 @@ class BoundedLoadPolicy:
         """Where the request goes when its home is full: the next worker in ring order under its cap."""
         return next((w for w in rest if fits(w)), None)
 
+    def keep_home(
+        self, model: str, home: Sequence[str], spill_to: str, loads: Mapping[str, int], cap: Callable[[str], int]
+    ) -> str:
+        """The last word on a spill (plain bounded load: it stands)."""
+        return spill_to
+
     def choose(self, model: str, candidates: Sequence[str], loads: Mapping[str, int]) -> str:
         scale = self.balance_factor * (sum(loads.values()) + 1)
         equal = 1.0 / (len(loads) or 1)
@@ -142,9 +160,12 @@ class BoundedLoadPolicy:
             if loads.get(owner, 0) < math.ceil(scale * (shares.get(owner) or equal)):
                 return owner
 
+        def cap(worker: str) -> int:
+            return math.ceil(scale * (shares.get(worker) or equal))
+
         def room(worker: str) -> float:
             """Cap minus load: positive when the worker may take the request."""
-            return math.ceil(scale * (shares.get(worker) or equal)) - loads.get(worker, 0)
+            return cap(worker) - loads.get(worker, 0)
 
         if len(home) > 1:
             best = max(home, key=room)  # the first in ring order among equals
@@ -152,7 +173,7 @@ class BoundedLoadPolicy:
                 return best
         chosen = self.spill(model, candidates[len(home) :], lambda w: room(w) > 0)
         if chosen is not None:
-            return chosen
+            return self.keep_home(model, home, chosen, loads, cap) if self.cold_spill_slack > 0 else chosen
         return min(candidates, key=lambda w: loads.get(w, 0) / (shares.get(w) or equal))
 
 
@@ -171,10 +192,12 @@ class ResidentSpillMixin:
     """Residency-aware spill: among the first ``SPILL_WINDOW`` workers past the home
     set that are under their cap, prefer one that already holds the model in
     memory, so a spill costs a queue wait instead of a cold load; with none, the
-    plain ring order. Ray Serve's multiplexed routing prefers resident replicas
+    plain ring order, unless a home worker that holds the model is under its cap
+    plus ``cold_spill_slack`` (``keep_home``). Ray Serve's multiplexed routing prefers resident replicas
     but drops consistent hashing; this keeps both."""
 
     context: PolicyContext
+    cold_spill_slack: int
 
     def spill(self, model: str, rest: Sequence[str], fits: Callable[[str], bool]) -> str | None:
         holds = self.context.holds
@@ -188,6 +211,24 @@ class ResidentSpillMixin:
                     break
         return window[0] if window else None
 
+    def keep_home(
+        self, model: str, home: Sequence[str], spill_to: str, loads: Mapping[str, int], cap: Callable[[str], int]
+    ) -> str:
+        """A cold spill (its target lacks the model) gives way to a home worker that
+        holds the model while that one's load is under its cap plus
+        ``cold_spill_slack``: a short queue where the model is beats a load (and an eviction) where
+        it is not. With none, the spill stands."""
+        holds = self.context.holds
+        if holds(model, spill_to):
+            return spill_to
+        best, best_room = spill_to, 0.0
+        for worker in home:
+            if holds(model, worker):
+                cold_room = cap(worker) + self.cold_spill_slack - loads.get(worker, 0)
+                if cold_room > best_room:
+                    best, best_room = worker, cold_room
+        return best
+
 
 class AffinityPolicy(ResidentSpillMixin, ReplicasMixin, BoundedLoadPolicy):
     """The default: bounded load over the capacity-weighted ring, with hot-model
@@ -196,10 +237,15 @@ class AffinityPolicy(ResidentSpillMixin, ReplicasMixin, BoundedLoadPolicy):
     name = "affinity"
 
 
-def make_policy(name: str, balance_factor: float, context: PolicyContext | None = None) -> RoutingPolicy:
+def make_policy(
+    name: str,
+    balance_factor: float,
+    context: PolicyContext | None = None,
+    cold_spill_slack: int = DEFAULT_COLD_SPILL_SLACK,
+) -> RoutingPolicy:
     context = context or PolicyContext()
     if name == "affinity":
-        return AffinityPolicy(balance_factor, context)
+        return AffinityPolicy(balance_factor, context, cold_spill_slack)
     if name == "consistent":
         return ConsistentPolicy()
     if name == "round-robin":

@@ -90,6 +90,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
     f.add("--balance-factor", "bounded-load factor (1+e): a worker takes up to this times its share", type=float,
           default=2.0)  # fmt: skip
+    f.add("--cold-spill-slack", "a spill to a worker without the model waits instead while a home worker holding "
+          "it has fewer than its cap plus this many requests in flight (0: off)", type=int, default=4)  # fmt: skip
     f.add("--admin-token", "token the admin routes require, sent to the workers' repository routes",
           env=ADMIN_TOKEN_ENV, secret=True)  # fmt: skip
     f.add("--api-keys", "JSON file of API key -> tenant: inference then needs Authorization: Bearer <key>, "

@@ -14,6 +14,7 @@ from balancer.budget import RetryBudget
 from balancer.health import HealthBook, HealthSettings
 from balancer.members import Members, WorkerAddress
 from balancer.policy import (
+    DEFAULT_COLD_SPILL_SLACK,
     POLICIES,
     AffinityPolicy,
     BoundedLoadPolicy,
@@ -173,6 +174,30 @@ def test_residency_aware_spill_prefers_a_worker_holding_the_model() -> None:
     assert policy.choose("m", prefs, over) == prefs[1], "a holder over its cap is not preferred"
     residency.seen("m", prefs[2], None)  # no X-Model-Source: tells nothing
     assert not residency.holds("m", prefs[2])
+
+
+def test_a_cold_spill_waits_at_a_home_that_holds_the_model_within_the_slack() -> None:
+    """The owner is over its cap and nobody else holds the model: with a slack of 2
+    the request stays with the owner (which holds it) until the owner is 2 past its
+    cap; a spill to a worker that holds the model is never held back; an owner that
+    does not hold it keeps nothing back either."""
+    ring = HashRing(["a", "b", "c"])
+    prefs = ring.preference_list("m")
+    residency = Residency()
+    policy = AffinityPolicy(1.0, PolicyContext(holds=residency.holds), cold_spill_slack=2)
+    plain = AffinityPolicy(1.0, PolicyContext(holds=residency.holds))
+    residency.seen("m", prefs[0], "cpu")
+    # 3 in flight, all on the owner: cap = ceil(1.0 x 4 / 3) = 2, so the owner is full
+    loads = {prefs[0]: 3, prefs[1]: 0, prefs[2]: 0}
+    assert plain.choose("m", prefs, loads) == prefs[1], "plain bounded load spills to the successor"
+    assert policy.choose("m", prefs, loads) == prefs[0], "3 < cap 2 + slack 2: it waits at the owner"
+    # 4 in flight on the owner: cap 2, 4 >= 2 + 2: the cold spill goes ahead
+    assert policy.choose("m", prefs, {**loads, prefs[0]: 4}) == prefs[1]
+    residency.seen("m", prefs[2], "cpu")
+    assert policy.choose("m", prefs, loads) == prefs[2], "a resident spill is never held back"
+    residency.replace({})
+    assert policy.choose("m", prefs, loads) == prefs[1], "an owner without the model keeps nothing back"
+    assert make_policy("affinity", 2.0).cold_spill_slack == DEFAULT_COLD_SPILL_SLACK  # type: ignore[attr-defined]
 
 
 def test_replicas_spread_a_hot_model_over_its_first_workers() -> None:

@@ -96,19 +96,24 @@ def _routing(scenarios: argparse._SubParsersAction) -> None:
     f.add("--zoo-count", "models in the generated zoo", type=int, default=24)
     f.add("--seed", "the load generator's seed (the same for every policy)", type=int, default=1)
     f.add("--balance-factor", "the balancers' --balance-factor (0: their default)", type=float, default=0.0)
+    f.add("--cold-spill-slack", "the balancers' --cold-spill-slack (-1: their default)", type=int, default=-1)
+    f.add("--scenarios", "comma-separated scenarios: zipf, skew", default="zipf,skew")
     f.add("--out", "directory for the reports and the table", type=Path, default="results/bench-routing")
 
     def run(args: argparse.Namespace) -> int:
         from balancer.policy import POLICIES
-        from cli.bench.routing import run_routing
+        from cli.bench.routing import SCENARIOS, run_routing
 
         policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
         unknown = [p for p in policies if p not in POLICIES]
         if unknown:
             raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+        scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+        if not scenarios or any(s not in SCENARIOS for s in scenarios):
+            raise ValueError(f"--scenarios takes some of {', '.join(SCENARIOS)}")
         return run_routing(
             args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
-            args.zoo_count, args.out, args.seed, args.balance_factor,
+            args.zoo_count, args.out, args.seed, args.balance_factor, args.cold_spill_slack, scenarios,
         )  # fmt: skip
 
     p.set_defaults(run=run)

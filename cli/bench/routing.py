@@ -23,12 +23,14 @@ what affinity is for.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -50,6 +52,8 @@ class Row:
     loads_per_1000: float
     errors: int
     dropped: int
+    spills_per_1000: float = 0.0  # the balancer's spill decisions to a worker without the model
+    resident_spills_per_1000: float = 0.0  # ... and to one that held it
 
 
 def zoo_bytes(models: Path) -> int:
@@ -125,9 +129,13 @@ def run_routing(
     out: Path,
     seed: int,
     balance_factor: float = 0.0,
+    cold_spill_slack: int = -1,
+    scenarios: tuple[str, ...] = tuple(SCENARIOS),
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    balancer_args = ("--balance-factor", f"{balance_factor:g}") if balance_factor > 0 else ()
+    balancer_args: tuple[str, ...] = ("--balance-factor", f"{balance_factor:g}") if balance_factor > 0 else ()
+    if cold_spill_slack >= 0:
+        balancer_args += ("--cold-spill-slack", str(cold_spill_slack))
     with contextlib.ExitStack() as stack:
         if models is None:
             from worker.zoo import make_zoo
@@ -137,22 +145,26 @@ def run_routing(
         total = zoo_bytes(models)
         budget = total // 2
         rows = []
-        for scenario, popularity in SCENARIOS.items():
+        for scenario in scenarios:
             for policy in policies:
                 cluster = BenchCluster(models, workers, budget, policy, out, balancer_args)
                 try:
                     scenario_rate = rate if scenario == "zipf" else skew_rate
                     row = load_run(
-                        cluster.url, popularity, scenario_rate, duration, warmup, seed, out / scenario / policy
+                        cluster.url, SCENARIOS[scenario], scenario_rate, duration, warmup, seed, out / scenario / policy
                     )
+                    row = _with_spills(row, cluster.url)
                 finally:
                     cluster.stop()
                 rows.append(_named(row, scenario, policy))
                 print(
-                    f"{scenario:5s} {policy:13s} p99 {row.p99_ms:9.1f} ms  loads/1000 {row.loads_per_1000:7.1f}",
+                    f"{scenario:5s} {policy:13s} p99 {row.p99_ms:9.1f} ms  loads/1000 {row.loads_per_1000:7.1f}"
+                    f"  spills/1000 {row.spills_per_1000:6.1f} (+{row.resident_spills_per_1000:.1f} resident)",
                     flush=True,
                 )
-    text = report(rows, workers, budget, total, duration, warmup, rate, skew_rate, seed, balance_factor)
+    text = report(
+        rows, workers, budget, total, duration, warmup, rate, skew_rate, seed, balance_factor, cold_spill_slack
+    )
     for path in write_outputs(rows, text, out):
         print(f"wrote {path}")
     print(text)
@@ -193,7 +205,40 @@ def write_outputs(rows: list[Row], text: str, out: Path) -> list[Path]:
 
 
 def _named(row: Row, scenario: str, policy: str) -> Row:
-    return Row(scenario, policy, row.p50_ms, row.p99_ms, row.throughput, row.loads_per_1000, row.errors, row.dropped)
+    return replace(row, scenario=scenario, policy=policy)
+
+
+def metrics_text(url: str) -> str | None:
+    """A process's /metrics page (None when it cannot be read)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _with_spills(row: Row, url: str) -> Row:
+    """The row with the balancer's spill decisions per 1,000 answers (warm-up included:
+    the counters cover the whole run, as the loads do not; a ratio, not an exact count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = metrics_text(url) or ""
+    decisions: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "affinity_route_decisions":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    decisions[sample.labels["decision"]] = sample.value
+    total = sum(decisions.values()) or 1.0
+    return replace(
+        row,
+        spills_per_1000=1000 * decisions.get("spill", 0.0) / total,
+        resident_spills_per_1000=1000 * decisions.get("resident_spill", 0.0) / total,
+    )
 
 
 def _ratio(a: float, b: float) -> str:
@@ -211,22 +256,26 @@ def report(
     skew_rate: float,
     seed: int,
     balance_factor: float = 0.0,
+    cold_spill_slack: int = -1,
 ) -> str:
     memory = f"{budget / 2**20:.0f} MiB each"
     factor = f", --balance-factor {balance_factor:g}" if balance_factor > 0 else ""
+    factor += f", --cold-spill-slack {cold_spill_slack}" if cold_spill_slack >= 0 else ""
     lines = [
         f"`affinity bench routing` on {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}: {workers} workers, zoo {total / 2**20:.0f} MiB, budgets {memory}; "
         f"open loop, Poisson, {duration:g} s measured after {warmup:g} s warm-up, seed {seed}; "
         f"zipf at {rate:g} req/s, skew at {skew_rate:g} req/s{factor}",
         "",
-        "| scenario | policy | p50 ms | p99 ms | answers/s | loads per 1,000 | errors | dropped |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | policy | p50 ms | p99 ms | answers/s | loads per 1,000 | spills per 1,000 (cold / resident) "
+        "| errors | dropped |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r.scenario} | {r.policy} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.throughput:.0f} "
-            f"| {r.loads_per_1000:.1f} | {r.errors} | {r.dropped} |"
+            f"| {r.loads_per_1000:.1f} | {r.spills_per_1000:.1f} / {r.resident_spills_per_1000:.1f} "
+            f"| {r.errors} | {r.dropped} |"
         )
     by = {(r.scenario, r.policy): r for r in rows}
     lines += ["", "| goal (same run) | measured | target |", "| --- | ---: | ---: |"]

@@ -25,7 +25,6 @@ growing less than 5% from start to end. Exit status 1 when a goal is missed.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import platform
 import statistics
@@ -33,14 +32,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.bench.routing import BenchCluster, zoo_bytes
+from cli.bench.routing import BenchCluster, metrics_text, zoo_bytes
 from common.process import affinity_command
 
 GROWTH_GOAL = 0.05
@@ -90,15 +88,9 @@ CACHE_FULL = 0.95
 
 def cache_fill(url: str) -> float | None:
     """The balancer's in-process cache, used over capacity (None when it cannot say)."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    except (OSError, http.client.HTTPException):
+    text = metrics_text(url)
+    if text is None:
         return None
-    finally:
-        conn.close()
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "affinity_cache_memory_bytes":
