@@ -242,7 +242,9 @@ def _with_spills(row: Row, url: str) -> Row:
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.1f}x" if b > 0 else "n/a"
+    if b > 0:
+        return f"{a / b:.1f}x"
+    return f"all ({a:g} against 0)" if a > 0 else "n/a"
 
 
 def report(
