@@ -59,6 +59,20 @@ def test_routing_writes_its_table_rows_and_chart(tmp_path: Path) -> None:
     png_size(tmp_path / "routing-zipf-cdf.png")
 
 
+def test_routing_table_shows_spills_and_a_ratio_over_zero_loads() -> None:
+    from cli.bench.routing import Row, report
+
+    rows = [
+        Row("zipf", "affinity", 17.0, 70.0, 119.0, 0.0, 0, 0, 2.8, 27.9),
+        Row("zipf", "round-robin", 21.0, 130.0, 119.0, 197.2, 0, 0, 43.3, 623.3),
+    ]
+    text = report(rows, 3, 206 << 20, 412 << 20, 15, 15, 120, 160, 1, cold_spill_slack=4)
+    assert "| zipf | affinity | 17.0 | 70.0 | 119 | 0.0 | 2.8 / 27.9 | 0 | 0 |" in text
+    assert "| zipf: round-robin loads / affinity loads | all (197.2 against 0) | >= 10x |" in text
+    assert "| zipf: round-robin p99 / affinity p99 | 1.9x | >= 5x |" in text
+    assert "--cold-spill-slack 4" in text
+
+
 def test_protocols_writes_curves_per_size(tmp_path: Path) -> None:
     from cli.bench.protocols import Row, write_outputs
 
