@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -197,14 +196,17 @@ class Balancer:
         before it listens: the kernel hands a listener new connections at once, and
         a sibling that is ready serves them meanwhile (a rolling restart). Bounded:
         with no worker up, it listens anyway and answers 503 until one is."""
-        deadline = time.monotonic() + STARTUP_LEARN_SECONDS
-        while not self.service.ready and time.monotonic() < deadline:
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("membership refresh failed")
-            if not self.service.ready:
-                await asyncio.sleep(0.2)
+        try:
+            async with asyncio.timeout(STARTUP_LEARN_SECONDS):  # a hung worker cannot hold it longer
+                while not self.service.ready:
+                    try:
+                        await self.refresh()
+                    except Exception:
+                        log.exception("membership refresh failed")
+                    if not self.service.ready:
+                        await asyncio.sleep(0.2)
+        except TimeoutError:
+            log.warning("no worker answered in %.0f s: listening anyway (503 until one does)", STARTUP_LEARN_SECONDS)
 
     async def refresh(self) -> None:
         """Learn the workers (ids, addresses, capacities), apply the changes, refresh the index."""

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from balancer.dns import split_host_port
 from balancer.health import HealthSettings
-from balancer.policy import POLICIES
+from balancer.policy import DEFAULT_BALANCE_FACTOR, DEFAULT_COLD_SPILL_SLACK, POLICIES
 from balancer.replicas import ReplicaSettings
 from balancer.router import RouterSettings
 from common.api_keys import ApiKeys
@@ -45,8 +45,8 @@ class BalancerConfig:
     grpc_port: int = 8001  # 0: no gRPC front
     grpc_max_message: int = 4 << 20  # largest gRPC message received or sent (gRPC's default)
     policy: str = "affinity"
-    balance_factor: float = 2.0  # policy.DEFAULT_BALANCE_FACTOR
-    cold_spill_slack: int = 4  # policy.DEFAULT_COLD_SPILL_SLACK
+    balance_factor: float = DEFAULT_BALANCE_FACTOR
+    cold_spill_slack: int = DEFAULT_COLD_SPILL_SLACK
     admin_token: str | None = field(default=None, repr=False)
     redis_url: str | None = None
     cache_size: int = 256 << 20

@@ -122,7 +122,7 @@ class BoundedLoadPolicy:
         self,
         balance_factor: float = DEFAULT_BALANCE_FACTOR,
         context: PolicyContext | None = None,
-        cold_spill_slack: int = 0,
+        cold_spill_slack: int = DEFAULT_COLD_SPILL_SLACK,
     ) -> None:
         self.balance_factor = balance_factor
         self.context = context or PolicyContext()
@@ -172,9 +172,11 @@ class BoundedLoadPolicy:
             if room(best) > 0:
                 return best
         chosen = self.spill(model, candidates[len(home) :], lambda w: room(w) > 0)
-        if chosen is not None:
-            return self.keep_home(model, home, chosen, loads, cap) if self.cold_spill_slack > 0 else chosen
-        return min(candidates, key=lambda w: loads.get(w, 0) / (shares.get(w) or equal))
+        if chosen is None:  # every candidate at its cap: the least loaded
+            chosen = min(candidates, key=lambda w: loads.get(w, 0) / (shares.get(w) or equal))
+            if chosen in home:
+                return chosen
+        return self.keep_home(model, home, chosen, loads, cap) if self.cold_spill_slack > 0 else chosen
 
 
 class ReplicasMixin:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from balancer.policy import POLICIES
+from balancer.policy import DEFAULT_BALANCE_FACTOR, DEFAULT_COLD_SPILL_SLACK, POLICIES
 from cli import bench as bench_cli
 from cli import loadgen as loadgen_cli
 from cli import models as models_cli
@@ -89,9 +89,10 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--grpc-max-message", "largest gRPC message received or sent", type=size, default="4MiB")
     f.add("--policy", f"routing policy: {', '.join(POLICIES)}", default="affinity", choices=POLICIES)
     f.add("--balance-factor", "bounded-load factor (1+e): a worker takes up to this times its share", type=float,
-          default=2.0)  # fmt: skip
+          default=DEFAULT_BALANCE_FACTOR)  # fmt: skip
     f.add("--cold-spill-slack", "a spill to a worker without the model waits instead while a home worker holding "
-          "it has fewer than its cap plus this many requests in flight (0: off)", type=int, default=4)  # fmt: skip
+          "it has fewer than its cap plus this many requests in flight (0: off)", type=int,
+          default=DEFAULT_COLD_SPILL_SLACK)  # fmt: skip
     f.add("--admin-token", "token the admin routes require, sent to the workers' repository routes",
           env=ADMIN_TOKEN_ENV, secret=True)  # fmt: skip
     f.add("--api-keys", "JSON file of API key -> tenant: inference then needs Authorization: Bearer <key>, "

@@ -53,10 +53,13 @@ async def serve_until_signalled(app: Application, drain_delay: float) -> int:
     def on_signal() -> None:
         (second if first.is_set() else first).set()
 
-    await app.start()
+    # Handlers first: a signal while the app starts (a balancer process waiting for its
+    # workers, a worker warming up) is answered by a drain once it has started, not by
+    # the default action's sudden death.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
+        await app.start()
         await first.wait()
         log.info("%s draining", app.name)
         app.begin_drain()

@@ -185,7 +185,7 @@ def test_a_cold_spill_waits_at_a_home_that_holds_the_model_within_the_slack() ->
     prefs = ring.preference_list("m")
     residency = Residency()
     policy = AffinityPolicy(1.0, PolicyContext(holds=residency.holds), cold_spill_slack=2)
-    plain = AffinityPolicy(1.0, PolicyContext(holds=residency.holds))
+    plain = AffinityPolicy(1.0, PolicyContext(holds=residency.holds), cold_spill_slack=0)
     residency.seen("m", prefs[0], "cpu")
     # 3 in flight, all on the owner: cap = ceil(1.0 x 4 / 3) = 2, so the owner is full
     loads = {prefs[0]: 3, prefs[1]: 0, prefs[2]: 0}
@@ -198,6 +198,12 @@ def test_a_cold_spill_waits_at_a_home_that_holds_the_model_within_the_slack() ->
     residency.replace({})
     assert policy.choose("m", prefs, loads) == prefs[1], "an owner without the model keeps nothing back"
     assert make_policy("affinity", 2.0).cold_spill_slack == DEFAULT_COLD_SPILL_SLACK  # type: ignore[attr-defined]
+    # Every candidate at its cap (a fourth worker, not a candidate, counts in the total):
+    # the least loaded would be cold, and the slack keeps the request home there too.
+    residency.seen("m", prefs[0], "cpu")
+    full = {prefs[0]: 5, prefs[1]: 4, prefs[2]: 4, "d": 0}  # cap = ceil(1.0 x 14 / 4) = 4
+    assert plain.choose("m", prefs, full) == prefs[1]
+    assert policy.choose("m", prefs, full) == prefs[0], "5 < cap 4 + slack 2"
 
 
 def test_replicas_spread_a_hot_model_over_its_first_workers() -> None:

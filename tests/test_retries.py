@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -224,13 +225,7 @@ def test_a_balancer_that_never_heard_from_a_worker_answers_503_not_404(logdir: P
     front = start_balancer([], logdir, "--workers", f"http://127.0.0.1:{port}", "--discovery-interval", "0.2")
     fake: FakeWorker | None = None
     try:
-
-        def live() -> bool:
-            with contextlib.suppress(OSError):
-                return request(front.url, "GET", "/v2/health/live").status == 200
-            return False
-
-        wait_until(live, 20, 0.1)
+        wait_until(lambda: live(front), 20, 0.1)
         for method, path, body in [("POST", "/v2/models/m/infer", BODY), ("GET", "/v2/models/m", b"")]:
             resp = request(front.url, method, path, body, NO_CACHE)
             assert resp.status == 503, (path, resp.status, resp.body)
@@ -238,6 +233,34 @@ def test_a_balancer_that_never_heard_from_a_worker_answers_503_not_404(logdir: P
         fake = FakeWorker("127.0.0.1:fake", port=port).start()
         wait_until(lambda: request(front.url, "POST", "/v2/models/m/infer", BODY, NO_CACHE).status == 200, 20, 0.2)
         assert request(front.url, "POST", "/v2/models/other/infer", BODY, NO_CACHE).status == 404
+    finally:
+        front.proc.stop()
+        if fake is not None:
+            fake.stop()
+
+
+def live(server: Server) -> bool:
+    with contextlib.suppress(OSError):
+        return request(server.url, "GET", "/v2/health/live").status == 200
+    return False
+
+
+def test_processes_sharing_a_port_listen_once_they_know_the_workers(logdir: Path) -> None:
+    """One of several processes on a shared port does not listen before it has heard
+    from a worker (the kernel would hand it connections it cannot serve while a
+    sibling can, as in a rolling restart); once a worker is up, the first answer is
+    the model's, never a 404 or a 503."""
+    port = free_port()
+    args = ("--workers", f"http://127.0.0.1:{port}", "--processes", "2", "--discovery-interval", "0.2")
+    front = start_balancer([], logdir, *args)
+    fake: FakeWorker | None = None
+    try:
+        time.sleep(1.0)
+        assert front.proc.alive() and not live(front), "listening before any worker answered"
+        fake = FakeWorker("127.0.0.1:fake", port=port).start()
+        wait_until(lambda: live(front), 20, 0.1)
+        first = request(front.url, "POST", "/v2/models/m/infer", BODY, NO_CACHE)
+        assert first.status == 200, (first.status, first.body)
     finally:
         front.proc.stop()
         if fake is not None:
