@@ -195,8 +195,8 @@ class ResidentSpillMixin:
     set that are under their cap, prefer one that already holds the model in
     memory, so a spill costs a queue wait instead of a cold load; with none, the
     plain ring order, unless a home worker that holds the model is under its cap
-    plus ``cold_spill_slack`` (``keep_home``). Ray Serve's multiplexed routing prefers resident replicas
-    but drops consistent hashing; this keeps both."""
+    plus ``cold_spill_slack`` (``keep_home``). Ray Serve's multiplexed routing
+    prefers resident replicas but drops consistent hashing; this keeps both."""
 
     context: PolicyContext
     cold_spill_slack: int
@@ -218,8 +218,8 @@ class ResidentSpillMixin:
     ) -> str:
         """A cold spill (its target lacks the model) gives way to a home worker that
         holds the model while that one's load is under its cap plus
-        ``cold_spill_slack``: a short queue where the model is beats a load (and an eviction) where
-        it is not. With none, the spill stands."""
+        ``cold_spill_slack``: a short queue where the model is beats a load (and an
+        eviction) where it is not. With none, the spill stands."""
         holds = self.context.holds
         if holds(model, spill_to):
             return spill_to
