@@ -87,7 +87,7 @@ class ModelIndex:
         """The model's info; 404 when the index knows no such model, 503 (retry
         soon) while no index was ever loaded: a process that has not heard from a
         worker yet cannot say a model does not exist."""
-        info = self.models.get(name) or await self.lookup(name)
+        info = await self.lookup(name)
         if info is not None:
             return info
         if not self.loaded:
