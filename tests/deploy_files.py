@@ -4,6 +4,7 @@ variables the ``affinity`` command really reads (from its own parser)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shlex
 from functools import cache
@@ -22,6 +23,20 @@ IMAGE = "affinity-serve"
 ADMIN_TOKEN_ENV = "AFFINITY_ADMIN_TOKEN"
 # boto3's own variables: the remote store's credentials and region.
 STORE_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION"}
+
+V2_READY, V2_LIVE = "/v2/health/ready", "/v2/health/live"
+
+
+def shutdown_bound(role: str) -> float:
+    """How long a ``balancer`` or ``worker`` waits for its requests in flight at shutdown
+    (its config's default)."""
+    from balancer.config import BalancerConfig
+    from worker.config import WorkerConfig
+
+    config = {"balancer": BalancerConfig, "worker": WorkerConfig}[role]
+    fields = {f.name: f.default for f in dataclasses.fields(config)}
+    return float(fields["shutdown_timeout"])  # type: ignore[arg-type]
+
 
 _ENV_IN_HELP = re.compile(r"\[env ([A-Z0-9_]+)\]")
 
@@ -118,3 +133,30 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
         spec: dict[str, Any] = doc["spec"]["template"]["spec"]
         return spec
     return None
+
+
+def k8s_containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(workload name, pod spec, container) for every container of our image."""
+    found = []
+    for _, doc in k8s_documents():
+        spec = pod_spec(doc)
+        for container in (spec or {}).get("containers", []):
+            if container["image"].startswith("affinity-serve"):
+                found.append((doc["metadata"]["name"], spec, container))
+    return found
+
+
+def k8s_config_maps() -> dict[str, dict[str, str]]:
+    """Each ConfigMap's data, by name."""
+    return {d["metadata"]["name"]: d["data"] for _, d in k8s_documents() if d["kind"] == "ConfigMap"}
+
+
+def k8s_container_env(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's environment: its ConfigMaps' data, then its own ``env`` (a ``valueFrom`` as it is)."""
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(k8s_config_maps()[source["configMapRef"]["name"]])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", item.get("valueFrom"))
+    return env

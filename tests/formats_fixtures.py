@@ -16,6 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.custom_models import nets
+from worker.custom_code import CodePolicy
+from worker.formats import ModelPager
+from worker.runner import LoadedModel
 
 TESTS = Path(__file__).resolve().parent
 SCORER_ARGS = {"features": 6, "vocab": 50, "dim": 8}
@@ -158,3 +161,16 @@ def load_unsafely(kind: str, path: Path) -> None:
             pickle.load(f)
     else:
         torch.load(path, weights_only=False)
+
+
+ALLOWED = CodePolicy(("custom_models",))
+
+
+def load_model(directory: Path, policy: CodePolicy = ALLOWED) -> LoadedModel:
+    """A model version loaded as a worker loads it (weights sized, loaded, warmed up)."""
+    pager = ModelPager(policy)
+    key = (directory.parent.name, directory.name)
+    pager.weights_bytes(key, directory)
+    model = pager.load(key, directory)
+    pager.warm_up(key, model, None)
+    return model

@@ -1,12 +1,10 @@
 """The deployment files, checked without a Docker engine or a cluster: the compose file
-against the Compose specification, the Kubernetes manifests against the API schemas,
+against the Compose specification (the Kubernetes manifests: tests/test_deploy_kubernetes.py),
 the Dockerfile with hadolint and dockerfile-parse, the Prometheus configuration with
 promtool, and each against what the ``affinity`` command really reads and serves."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import os
 import re
@@ -14,45 +12,37 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from balancer.config import BalancerConfig
 from tests.deploy_files import (
     ADMIN_TOKEN_ENV,
     COMPOSE,
     DASHBOARD,
     DEPLOY,
-    K8S,
     PROMETHEUS,
     ROOT,
     STORE_ENV,
+    V2_READY,
     affinity_commands,
     cli_env,
     compose,
-    k8s_documents,
-    pod_spec,
+    k8s_container_env,
+    k8s_containers,
+    shutdown_bound,
     uses_our_image,
 )
 from worker.config import WorkerConfig
 
 BIN = Path(sys.executable).parent
 PROMTOOL = shutil.which("promtool")
-V2_READY, V2_LIVE = "/v2/health/ready", "/v2/health/live"
-SHUTDOWN = {"balancer": BalancerConfig, "worker": WorkerConfig}  # their in-flight bound at shutdown
 
 
 def _tool(name: str) -> str:
     path = BIN / name
     assert path.exists(), f"{name} is missing: install the test extra (pip install -e '.[test]')"
     return str(path)
-
-
-def _shutdown_bound(role: str) -> float:
-    fields = {f.name: f.default for f in dataclasses.fields(SHUTDOWN[role])}
-    return float(fields["shutdown_timeout"])  # type: ignore[arg-type]
 
 
 # -- docker-compose ---------------------------------------------------------------------------
@@ -146,151 +136,10 @@ def test_compose_stop_grace_covers_the_drain_and_the_requests_in_flight() -> Non
         service = services[role]
         drain = float(service["environment"][f"AFFINITY_{role.upper()}_DRAIN_DELAY"])
         grace = float(str(service["stop_grace_period"]).removesuffix("s"))
-        assert drain > 0 and grace >= drain + _shutdown_bound(role), role
+        assert drain > 0 and grace >= drain + shutdown_bound(role), role
     # Workers scale (no published ports, found through DNS); the balancer is the endpoint.
     assert "ports" not in services["worker"] and services["worker"]["deploy"]["replicas"] >= 2
     assert "8000:8000" in services["balancer"]["ports"]
-
-
-# -- Kubernetes -------------------------------------------------------------------------------
-
-
-def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
-    import kubernetes_validate
-
-    docs = k8s_documents()
-    kinds = sorted({d["kind"] for _, d in docs})
-    assert {"Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(kinds)
-    assert "ConfigMap" in kinds
-    version = kubernetes_validate.latest_version()
-    for _, doc in docs:
-        kubernetes_validate.validate(doc, version, strict=True)  # raises on any error
-    # The validator does reject a mistake.
-    _, balancer = next((p, d) for p, d in docs if d["kind"] == "Deployment" and "balancer" in d["metadata"]["name"])
-    broken = copy.deepcopy(balancer)
-    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = ["http"]
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, version, strict=True)
-
-
-def test_kustomizations_list_every_manifest() -> None:
-    base = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(base["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    gpu = yaml.safe_load((K8S / "gpu" / "kustomization.yaml").read_text())
-    assert sorted(gpu["resources"]) == sorted([".."] + [p.name for p in (K8S / "gpu").glob("worker*.yaml")])
-
-
-def _containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(workload name, pod spec, container) for every container of our image."""
-    found = []
-    for _, doc in k8s_documents():
-        spec = pod_spec(doc)
-        for container in (spec or {}).get("containers", []):
-            if container["image"].startswith("affinity-serve"):
-                found.append((doc["metadata"]["name"], spec, container))
-    return found
-
-
-def _config_maps() -> dict[str, dict[str, str]]:
-    return {d["metadata"]["name"]: d["data"] for _, d in k8s_documents() if d["kind"] == "ConfigMap"}
-
-
-def _container_env(container: dict[str, Any]) -> dict[str, Any]:
-    env: dict[str, Any] = {}
-    for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            env.update(_config_maps()[source["configMapRef"]["name"]])
-    for item in container.get("env", []):
-        env[item["name"]] = item.get("value", item.get("valueFrom"))
-    return env
-
-
-def test_kubernetes_probes_are_on_the_v2_health_paths() -> None:
-    containers = _containers()
-    assert {name for name, _, _ in containers} == {"affinity-balancer", "affinity-worker", "affinity-worker-gpu"}
-    for name, _, c in containers:
-        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert c["readinessProbe"]["httpGet"]["path"] == V2_READY, name
-        assert c["livenessProbe"]["httpGet"]["path"] == V2_LIVE, name
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            if probe in c:
-                assert c[probe]["httpGet"]["port"] == "http", name
-        role = c["args"][0]
-        assert ports["http"] == int(_container_env(c)[f"AFFINITY_{role.upper()}_PORT"]), name
-
-
-def test_kubernetes_environment_is_what_the_cli_reads_and_the_token_comes_from_a_secret() -> None:
-    env = cli_env()
-    for name, _, c in _containers():
-        role = c["args"][0]
-        values = _container_env(c)
-        for var in values:
-            assert var in env[role] or var in STORE_ENV, f"{name} sets {var}, which `affinity {role}` does not read"
-        for item in c.get("env", []):
-            if item["name"] == ADMIN_TOKEN_ENV:
-                assert item["valueFrom"]["secretKeyRef"] == {"name": "affinity-admin", "key": "token"}
-        if ADMIN_TOKEN_ENV in env[role]:
-            assert ADMIN_TOKEN_ENV in values, f"{name} runs without the admin token"
-    for name, data in _config_maps().items():
-        role = name.removeprefix("affinity-")
-        assert set(data) <= env[role], f"ConfigMap {name} holds variables `affinity {role}` does not read"
-        assert ADMIN_TOKEN_ENV not in data
-    assert not [d for _, d in k8s_documents() if d["kind"] == "Secret"], "secrets are created by hand, never kept here"
-    text = "\n".join(p.read_text() for p in K8S.rglob("*.yaml"))
-    assert "--admin-token" not in text
-
-
-def test_kubernetes_termination_grace_covers_prestop_drain_and_requests_in_flight() -> None:
-    for name, spec, c in _containers():
-        role = c["args"][0]
-        drain = float(_container_env(c)[f"AFFINITY_{role.upper()}_DRAIN_DELAY"])
-        pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
-        assert pre_stop[0] == "sleep", name
-        wait = float(pre_stop[1])
-        assert drain > 0 and wait > 0, name
-        assert spec["terminationGracePeriodSeconds"] >= wait + drain + _shutdown_bound(role), name
-
-
-def test_kubernetes_workers_scale_and_are_found_through_a_headless_service() -> None:
-    docs = [d for _, d in k8s_documents()]
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for d in docs:
-        by_kind.setdefault(d["kind"], []).append(d)
-    headless = [s for s in by_kind["Service"] if s["spec"].get("clusterIP") == "None"]
-    assert len(headless) == 1 and headless[0]["metadata"]["name"] == "affinity-worker"
-    selector = headless[0]["spec"]["selector"]
-    workers = [d for d in by_kind["StatefulSet"] if d["metadata"]["name"].startswith("affinity-worker")]
-    for w in workers:
-        labels = w["spec"]["template"]["metadata"]["labels"]
-        assert selector.items() <= labels.items(), "every worker pod answers the discovery name"
-        assert w["spec"]["serviceName"] == "affinity-worker"
-        annotations = w["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8100"
-        container = w["spec"]["template"]["spec"]["containers"][0]
-        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
-        # Each pod's stable name is its id on the ring: a restarted pod gets its models back.
-        worker_id = next(e for e in container["env"] if e["name"] == "AFFINITY_WORKER_WORKER_ID")
-        assert worker_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    # The balancers resolve that Service's name, on the workers' port.
-    balancer_env = _config_maps()["affinity-balancer"]
-    discovery = balancer_env.get("AFFINITY_BALANCER_WORKERS_DNS") or balancer_env.get("AFFINITY_BALANCER_WORKERS")
-    assert discovery is not None and "affinity-worker" in discovery and discovery.endswith(":8100")
-    targets = {
-        (h["spec"]["scaleTargetRef"]["kind"], h["spec"]["scaleTargetRef"]["name"])
-        for h in by_kind["HorizontalPodAutoscaler"]
-    }
-    assert {("Deployment", "affinity-balancer"), ("StatefulSet", "affinity-worker")} <= targets
-    budgets = {p["metadata"]["name"]: p["spec"]["selector"]["matchLabels"] for p in by_kind["PodDisruptionBudget"]}
-    for workload in by_kind["Deployment"] + by_kind["StatefulSet"]:
-        if workload["metadata"]["name"] != "affinity-redis":
-            assert budgets[workload["metadata"]["name"]] == workload["spec"]["selector"]["matchLabels"]
-    gpu = next(w for w in workers if w["metadata"]["name"] == "affinity-worker-gpu")
-    gpu_pod = gpu["spec"]["template"]["spec"]
-    assert gpu_pod["nodeSelector"] and gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert _container_env(gpu_pod["containers"][0])["AFFINITY_WORKER_DEVICE"] == "cuda"
-    for _, spec, c in _containers():
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 # -- Dockerfile -------------------------------------------------------------------------------
@@ -462,8 +311,8 @@ def _settings_of_every_process() -> list[tuple[str, list[str], dict[str, str]]]:
         if uses_our_image(service):
             env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
             found += [(f"compose {name}", c.split(), env) for c in affinity_commands(service)]
-    for name, _, c in _containers():
-        env = {k: v if isinstance(v, str) else "affinity-worker-0" for k, v in _container_env(c).items()}
+    for name, _, c in k8s_containers():
+        env = {k: v if isinstance(v, str) else "affinity-worker-0" for k, v in k8s_container_env(c).items()}
         found.append((f"k8s {name}", [c["args"][0]], env))
     return found
 

@@ -1,158 +1,34 @@
-"""The user's own models, in process: pickle refusal, the code allow-list, the interface
-check for every format, ONNX graphs, batching of custom and ONNX models."""
+"""The user's own models, in process: the interface check for every format, ONNX graphs,
+batching of custom and ONNX models (pickle refusal and the code allow-list:
+tests/test_formats_safety.py)."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from cli.up import UpOptions
 from protocol.errors import ModelUnavailable
 from tests import formats_fixtures as ff
 from tests.reference import infer_body
 from worker.batcher import Batcher
 from worker.codecs import JSON_CODEC
-from worker.custom_code import CodePolicy, package_allowed, parse_allowed
 from worker.errors import InvalidModelConfig
 from worker.formats import ModelPager
 from worker.model_config import ModelConfig
-from worker.pickle_guard import RefusedFile, refuse_pickles
 from worker.runner import LoadedModel
 from worker.stats import BatchTimes
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED = CodePolicy(("custom_models",))
 
 
 @pytest.fixture(autouse=True)
 def _custom_models_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ff.TESTS))
-
-
-def _load(directory: Path, policy: CodePolicy = ALLOWED) -> LoadedModel:
-    pager = ModelPager(policy)
-    key = (directory.parent.name, directory.name)
-    pager.weights_bytes(key, directory)
-    model = pager.load(key, directory)
-    pager.warm_up(key, model, None)
-    return model
-
-
-# -- pickles and archives -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("file", "data"),
-    [
-        ("model.pt", b"anything"),  # by name: never read
-        ("pytorch_model.bin", b"anything"),
-        ("model.pt2", b"anything"),
-        ("weights.ckpt", b"anything"),
-        ("dump.joblib", b"anything"),
-        ("array.npy", b"anything"),
-        ("weights.data", b"\x80\x04\x95 a pickle by its first bytes"),
-        ("weights.data", b"PK\x03\x04 a zip by its first bytes"),
-        ("weights.data", b"\x93NUMPY by its first bytes"),
-    ],
-)
-def test_a_version_carrying_a_pickle_or_archive_is_refused(tmp_path: Path, file: str, data: bytes) -> None:
-    (tmp_path / "config.json").write_bytes(b"{}")
-    (tmp_path / file).write_bytes(data)
-    with pytest.raises(RefusedFile, match="never opened"):
-        refuse_pickles(tmp_path, ("config.json",))
-
-
-def test_nested_files_are_checked_and_the_parsed_files_are_not_sniffed(tmp_path: Path) -> None:
-    # A safetensors header length can start with the bytes of a pickle marker: its own parser judges it.
-    (tmp_path / "model.safetensors").write_bytes(b"\x80\x02" + bytes(6))
-    (tmp_path / "README.md").write_text("my model")
-    refuse_pickles(tmp_path, ("model.safetensors",))
-    (tmp_path / "extra").mkdir()
-    (tmp_path / "extra" / "model.pt").write_bytes(b"x")
-    with pytest.raises(RefusedFile, match=r"model\.pt"):
-        refuse_pickles(tmp_path, ("model.safetensors",))
-
-
-def test_nothing_in_the_worker_calls_an_unpickler() -> None:
-    """Static: no torch.load, torch.export.load, pickle, joblib or np.load anywhere in worker/."""
-    banned = {("torch", "load"), ("export", "load"), ("pickle", "load"), ("pickle", "loads"), ("np", "load"),
-              ("numpy", "load"), ("joblib", "load"), ("dill", "load")}  # fmt: skip
-    found = []
-    for path in (ROOT / "worker").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute)):
-                owner = node.value.id if isinstance(node.value, ast.Name) else node.value.attr
-                if (owner, node.attr) in banned:
-                    found.append(f"{path.name}:{node.lineno} {owner}.{node.attr}")
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                found += [f"{path.name}: imports {n}" for n in names if n and n.split(".")[0] in ("pickle", "joblib")]
-    assert not found
-
-
-# -- the code allow-list ----------------------------------------------------------------------
-
-
-@given(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), st.from_regex(r"[a-z0-9_]{1,8}", fullmatch=True))
-def test_packages_match_by_whole_name(package: str, suffix: str) -> None:
-    assert package_allowed(package, [package])
-    assert package_allowed(f"{package}.models.nets", [package])
-    assert not package_allowed(f"{package}{suffix}", [package])  # acme does not allow acme_evil
-    assert not package_allowed(f"{package}{suffix}.models", [package])
-    assert not package_allowed(package, [f"{package}.models"])  # allowing a subpackage allows not its parent
-
-
-def test_allow_code_takes_package_names_only() -> None:
-    assert parse_allowed("acme, beta.models,acme") == ("acme", "beta.models")
-    for bad in ("../evil", "acme/models", "acme-models", "acme.", "1acme"):
-        with pytest.raises(ValueError, match="not a Python package name"):
-            parse_allowed(bad)
-
-
-def test_code_not_allowed_is_refused_and_never_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    marker = tmp_path / "imported"
-    monkeypatch.setenv("EVIL_IMPORT_MARKER", str(marker))
-    with pytest.raises(ModelUnavailable, match=r"does not allow .*--allow-code"):
-        ALLOWED.factory("m", "custom_models_evil:build")
-    with pytest.raises(ModelUnavailable, match="does not allow"):
-        CodePolicy().factory("m", "custom_models.nets:build")  # off by default
-    assert "custom_models_evil" not in sys.modules and not marker.exists()
-
-
-def test_code_inside_a_data_directory_is_refused_before_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = tmp_path / "repo"
-    planted = repo / "planted_units"
-    planted.mkdir(parents=True)
-    marker = tmp_path / "ran"
-    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef build(): pass\n")
-    monkeypatch.syspath_prepend(str(repo))
-    policy = CodePolicy(("planted_units",), (repo,))
-    with pytest.raises(ModelUnavailable, match="inside a model repository"):
-        policy.factory("m", "planted_units:build")
-    assert not marker.exists() and "planted_units" not in sys.modules
-
-
-def test_a_factory_must_exist_and_make_a_module() -> None:
-    with pytest.raises(ModelUnavailable, match="has no factory 'nope'"):
-        ALLOWED.factory("m", "custom_models.nets:nope")
-    with pytest.raises(ModelUnavailable, match=r"no module named 'custom_models\.absent'"):
-        ALLOWED.factory("m", "custom_models.absent:build")
-
-
-def test_up_hands_allow_code_to_every_worker() -> None:
-    options = UpOptions(allow_code=("acme", "beta"))
-    assert options.memory_args(0)[-2:] == ["--allow-code", "acme,beta"]
-    assert "--allow-code" not in UpOptions().memory_args(0)
 
 
 # -- config and interface -----------------------------------------------------------------------
@@ -183,7 +59,7 @@ def test_a_built_in_architecture_takes_any_tensor_names(tmp_path: Path) -> None:
     path = _mlp(tmp_path, "free",
                 inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
                 outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 3]}])  # fmt: skip
-    model = _load(path)
+    model = ff.load_model(path)
     assert [s.name for s in model.config.inputs] == ["x"]
 
 
@@ -203,12 +79,12 @@ def test_a_built_in_architecture_takes_any_tensor_names(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_an_interface_mismatch_fails_the_load_naming_it(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ModelUnavailable, match=message):
-        _load(_mlp(tmp_path, "wrong", **changes))
+        ff.load_model(_mlp(tmp_path, "wrong", **changes))
 
 
 def test_custom_code_loads_mapped_and_answers_as_run_directly(tmp_path: Path) -> None:
     path = ff.write_scorer(tmp_path, "scorer", seed=3)
-    model = _load(path)
+    model = ff.load_model(path)
     module = model.module
     assert isinstance(module, __import__("torch").nn.Module)
     assert module.query[0].weight.untyped_storage().nbytes() > 0  # attached, not meta
@@ -228,7 +104,7 @@ def test_a_custom_output_name_the_module_does_not_return_is_named(tmp_path: Path
                {"name": "embedding", "datatype": "FP32", "shape": [-1, 8]}]  # fmt: skip
     path = ff.write_scorer(tmp_path, "renamed", outputs=outputs)
     with pytest.raises(ModelUnavailable, match=r"output 'logits' is not among the module's outputs \('score'"):
-        _load(path)
+        ff.load_model(path)
 
 
 def test_a_model_that_cannot_batch_is_caught(tmp_path: Path) -> None:
@@ -242,7 +118,7 @@ def test_a_model_that_cannot_batch_is_caught(tmp_path: Path) -> None:
     path = ff.write_version(tmp_path, "unbatched", config, {})
     save_file(dict(build_unbatched(4).state_dict()), str(path / "model.safetensors"))
     with pytest.raises(ModelUnavailable, match=r"output 'y' has shape \[1, 2\] for a batch of 2"):
-        _load(path)
+        ff.load_model(path)
 
 
 # -- ONNX -----------------------------------------------------------------------------------------
@@ -268,7 +144,7 @@ def test_an_onnx_interface_mismatch_is_named(tmp_path: Path, graph: dict, config
         tmp_path, "digits", ff.onnx_config(**shape, **overrides), {"model.onnx": ff.onnx_mlp(**graph)}
     )
     with pytest.raises(ModelUnavailable, match=message):
-        _load(path)
+        ff.load_model(path)
 
 
 def test_an_onnx_model_is_charged_what_its_session_holds_and_serves_from_the_cpu_tier(tmp_path: Path) -> None:
@@ -296,7 +172,7 @@ def test_an_onnx_model_is_charged_what_its_session_holds_and_serves_from_the_cpu
     pager = ModelPager()
     charged = pager.weights_bytes(("digits", "1"), path)
     assert charged == held_bytes(len(data))
-    _load(path)  # the runtime's one-time set-up, not this model's
+    ff.load_model(path)  # the runtime's one-time set-up, not this model's
     gc.collect()
     before = in_use()
     model = pager.load(("digits", "1"), path)
@@ -306,7 +182,7 @@ def test_an_onnx_model_is_charged_what_its_session_holds_and_serves_from_the_cpu
     del model
     assert not pager.device_capable(("digits", "1"), path)
     assert pager.device_capable(("x", "1"), _mlp(tmp_path, "x"))
-    session = _load(path).module.session  # type: ignore[union-attr]
+    session = ff.load_model(path).module.session  # type: ignore[union-attr]
     options = session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads, options.enable_cpu_mem_arena) == (1, 1, False)
 
@@ -338,7 +214,7 @@ def _batched(model: LoadedModel, bodies: list[bytes]) -> tuple[list[int], list[d
 def test_queued_requests_for_custom_and_onnx_models_run_as_one_forward(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     data = ff.onnx_mlp(seed=5)
-    onnx_model = _load(ff.write_version(tmp_path, "digits", ff.onnx_config(), {"model.onnx": data}))
+    onnx_model = ff.load_model(ff.write_version(tmp_path, "digits", ff.onnx_config(), {"model.onnx": data}))
     pixels = [rng.standard_normal((n, 8)).astype(np.float32) for n in (1, 3, 2)]
     rows, answers = _batched(onnx_model, [orjson.dumps(infer_body([("pixels", "FP32", p)])) for p in pixels])
     assert rows == [6]
@@ -347,7 +223,7 @@ def test_queued_requests_for_custom_and_onnx_models_run_as_one_forward(tmp_path:
         np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(direct.shape), direct, rtol=1e-5)
 
     scorer_path = ff.write_scorer(tmp_path, "scorer", seed=4)
-    scorer = _load(scorer_path)
+    scorer = ff.load_model(scorer_path)
     batches = [(rng.standard_normal((n, 6)).astype(np.float32), rng.integers(0, 50, (n, 4))) for n in (2, 1, 3)]
     bodies = [orjson.dumps(infer_body([("query", "FP32", q), ("item_ids", "INT64", i)])) for q, i in batches]
     rows, answers = _batched(scorer, bodies)
@@ -392,7 +268,7 @@ def test_with_a_device_custom_code_moves_to_it_and_onnx_stays_in_the_cpu_tier(tm
     ff.write_version(tmp_path, "digits", ff.onnx_config(), {"model.onnx": data})
     device = StandInDevice()
     config = MemoryConfig(cpu_budget=64 << 20, gpu_budget=64 << 20, wait_timeout=5)
-    manager: MemoryManager[LoadedModel] = MemoryManager(config, ModelPager(ALLOWED), repository(tmp_path), device)
+    manager: MemoryManager[LoadedModel] = MemoryManager(config, ModelPager(ff.ALLOWED), repository(tmp_path), device)
     rng = np.random.default_rng(4)
     query, ids = rng.standard_normal((3, 6)).astype(np.float32), rng.integers(0, 50, (3, 4))
     pixels = rng.standard_normal((2, 8)).astype(np.float32)
@@ -420,7 +296,7 @@ def test_with_a_device_custom_code_moves_to_it_and_onnx_stays_in_the_cpu_tier(tm
 
 def test_without_a_warm_up_each_batch_is_checked_and_its_callers_told_why(tmp_path: Path) -> None:
     path = _mlp(tmp_path, "lazy", warmup=False, outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 7]}])
-    model = _load(path)  # no forward at load, so the mismatch is not seen yet
+    model = ff.load_model(path)  # no forward at load, so the mismatch is not seen yet
     pool = ThreadPoolExecutor(1)
 
     async def main() -> list[object]:
