@@ -66,6 +66,19 @@ def test_it_trims_only_after_growth_past_the_threshold() -> None:
     assert trimmer.check() == 0 and trims == [0]  # 140 is below the new floor
 
 
+def test_the_step_that_trims_grows_with_the_process() -> None:
+    mib = 1 << 20
+    readings = iter([1000 * mib, 1015 * mib, 1025 * mib, 1000 * mib])  # start, then per check (two when it trims)
+    trims: list[int] = []
+    trim = lambda pad: trims.append(pad) or 1  # noqa: E731
+    trimmer = HeapTrimmer(Registry(), threshold=4 * mib, share=0.02, trim=trim, measure=lambda: next(readings))
+    assert trimmer.step == 20 * mib  # 2% of 1,000 MiB, more than the 4 MiB floor
+    assert trimmer.check() == 0 and trims == []  # grew 15 MiB: under the step
+    assert trimmer.check() == 25 * mib and trims == [0]  # grew 25: trimmed back to 1,000
+    small = HeapTrimmer(Registry(), threshold=4 * mib, share=0.02, trim=lambda pad: 1, measure=lambda: 80 * mib)
+    assert small.step == 4 * mib  # a 80 MiB process: the floor
+
+
 def test_off_where_asked_or_where_there_is_no_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not HeapTrimmer(Registry(), interval=0).available
     assert not HeapTrimmer(Registry(), measure=lambda: None).available  # no /proc
