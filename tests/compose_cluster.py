@@ -160,24 +160,6 @@ def dns_server() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on loopback, standing in for MinIO."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        # moto keeps its buckets in this process, shared by every moto server in it: leave none behind.
-        reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(reset, timeout=10) as answer:
-            assert answer.status == 200
-        server.stop()
-
-
-@contextlib.contextmanager
 def compose_cluster(tmp: Path, logdir: Path, s3_endpoint: str, dns_server: int) -> Iterator[Cluster]:
     """The zoo job run to its end, two workers and a balancer started as the compose file
     configures them (addresses rewritten), a private Redis; all stopped on exit."""

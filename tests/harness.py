@@ -311,3 +311,23 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on loopback (standing in for S3 or MinIO); its URL. moto keeps
+    its buckets in this process, shared by every moto server in it: none are left behind."""
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        reset = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(reset, timeout=10) as answer:
+            assert answer.status == 200
+        server.stop()

@@ -29,7 +29,7 @@ from common.process import free_port
 from tests import compose_cluster
 from tests.compose_cluster import TOKEN, WORKER_IPS, Cluster, child_env, service_command
 from tests.deploy_files import DASHBOARD, DEPLOY, PROMETHEUS, k8s_documents, pod_spec
-from tests.harness import Proc, request, wait_until
+from tests.harness import Proc, moto_s3, request, wait_until
 from tests.reference import infer_body, sample_inputs
 
 # A cluster of five processes and a Prometheus start within a test: more room than the default.
@@ -46,7 +46,7 @@ def dns_server() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    with compose_cluster.s3_endpoint() as url:
+    with moto_s3() as url:
         yield url
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from protocol.errors import ModelTooLarge, ModelUnavailable, NotFound, Overloaded
+from tests.harness import moto_s3
 from tests.memory_fixtures import CountingPager, repository, run
 from tests.reference import run_reference, sample_inputs
 from worker.disk_cache import DiskCache
@@ -41,15 +42,8 @@ def published(zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture
