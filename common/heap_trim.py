@@ -16,11 +16,12 @@ more, so a process whose memory holds steady never trims. The step scales with
 the process: 4 MiB for a ~100 MiB balancer, whose retained memory rose in steps
 of 1-4 MiB that a 16 MiB step never trimmed (one ``malloc_trim`` there gave back
 4.1 MiB and took ~0.6 ms); 2% of a larger heap, so a big worker does not walk
-its arenas every interval for a few megabytes. A trim walks the arenas holding each one's lock in turn, so a thread
-that allocates from the arena being walked (the event loop's included) may
-wait for it; ``affinity_heap_trim_seconds_total`` counts the time trims took,
-beside ``affinity_heap_trims_total`` and ``affinity_heap_trimmed_bytes_total``
-(what ``RssAnon`` fell by).
+its arenas every interval for a few megabytes. A trim walks the arenas
+holding each one's lock in turn, so a thread that allocates from the arena
+being walked (the event loop's included) may wait for it;
+``affinity_heap_trim_seconds_total`` counts the time trims took, beside
+``affinity_heap_trims_total`` and ``affinity_heap_trimmed_bytes_total`` (what
+``RssAnon`` fell by).
 Where the C library has no ``malloc_trim`` (musl, macOS) this does nothing.
 """
 
