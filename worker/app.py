@@ -28,6 +28,7 @@ from worker.config import WorkerConfig
 from worker.grpc_front import WorkerServicer
 from worker.handlers import WorkerHandlers
 from worker.service import SERVER_NAME, WorkerService
+from worker.torch_threads import configure_process
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +112,8 @@ class Worker:
             await self.http.shutdown(grace)
 
 
-def configure_torch() -> None:
-    """Inference runs as many requests at once as the pool has threads, one torch
-    thread each, so the pool never oversubscribes the cores given to this worker."""
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-
-
 async def serve(config: WorkerConfig) -> int:
     if config.cpus:
         pin_to(parse_cpus(config.cpus))  # before torch starts a thread
-    configure_torch()
+    configure_process()  # torch is loaded by now: each pool thread sets its own too
     return await serve_until_signalled(Worker(config), config.drain_delay)

@@ -48,6 +48,7 @@ from worker.eviction import POLICIES, make_policy
 from worker.leases import Lease, Resident
 from worker.paging import Key, Pager, describe
 from worker.tiers import CPU, DISK, GPU, REMOTE, MemoryObserver, MemorySnapshot, NullObserver, Tier, snapshot_of
+from worker.torch_threads import one_torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class MemoryManager(Generic[M]):
         self._failed: dict[Key, str] = {}
         self._room: asyncio.Future[None] | None = None
         self._load_slots = asyncio.Semaphore(config.max_loads)
-        self._pool = ThreadPoolExecutor(max_workers=config.max_loads, thread_name_prefix="page-in")
+        self._pool = ThreadPoolExecutor(config.max_loads, "page-in", initializer=one_torch_thread)  # warm-ups run here
         self._header_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="weights-header")
         if disk_cache is not None:
             disk_cache.set_in_use(lambda key: key in self._models or key in self._paging or key in self._pins)

@@ -48,6 +48,7 @@ from worker.repository import ModelVersion
 from worker.runner import LoadedModel, decode_and_check
 from worker.stats import BatchTimes, ModelStatistics
 from worker.tiers import DISK, REMOTE
+from worker.torch_threads import one_torch_thread
 from worker.triton_config import PLATFORMS, triton_model_config
 from worker.warmup import warm_up_process
 
@@ -116,7 +117,7 @@ class WorkerService:
         self.catalog = self.tiers.catalog
         self.memory = self.tiers.memory
         self.metrics.memory.read_bytes_from(self.memory.tier_bytes)
-        self.pool = ThreadPoolExecutor(max_workers=config.inference_threads, thread_name_prefix="infer")
+        self.pool = ThreadPoolExecutor(config.inference_threads, "infer", initializer=one_torch_thread)
         self.batcher = Batcher(
             self.pool, asyncio.get_running_loop(), config.max_elements, self._on_batch,
             max_queue=config.max_queue, window=config.max_queue_delay,
