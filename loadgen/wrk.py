@@ -9,6 +9,7 @@ own generator.
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -72,11 +73,21 @@ def run(
     return parse(done.stdout)
 
 
-def varied_script(models: list[str], input_name: str, width: int, seed: int = 1) -> str:
+def varied_script(models: list[str], input_name: str, width: int, seed: int | None = None) -> str:
     """A wrk Lua script posting a V2 JSON request to a model chosen at random per
-    request, with one value of a fixed ``[1, width]`` FP32 input changed every
-    time: no two requests are alike (no cache hit, nothing coalesced)."""
-    rest = ",".join(f"{((i * 7919) % 1000) / 1000:.3f}" for i in range(1, width))
+    request, with a fixed ``[1, width]`` FP32 input whose first element counts
+    the requests and whose second is this script's own number: no two requests
+    of one run are alike, and no two runs share a request (no cache hit, nothing
+    coalesced; both are integers below 2**24, exact in FP32, so no two requests
+    round to the same tensor, which is what the balancer's cache keys). ``seed``
+    (drawn fresh unless given) picks that number and the models' sequence: each
+    wrk run needs a script of its own, or it replays the one before and the
+    cache answers what was asked then."""
+    if width < 2:
+        raise ValueError("the input needs two elements at least: the count and the run's number")
+    if seed is None:
+        seed = secrets.randbits(24)
+    rest = ",".join([str(seed % (1 << 24))] + [f"{((i * 7919) % 1000) / 1000:.3f}" for i in range(2, width)])
     names = ",".join(f'"{m}"' for m in models)
     return f"""math.randomseed({seed})
 local models = {{{names}}}
@@ -88,7 +99,7 @@ wrk.headers["Content-Type"] = "application/json"
 request = function()
   counter = counter + 1
   local model = models[math.random(#models)]
-  local body = head .. string.format("%d.%06d", counter % 1000, math.random(0, 999999)) .. tail
+  local body = head .. string.format("%d", counter % 16777216) .. tail
   return wrk.format(nil, "/v2/models/" .. model .. "/infer", nil, body)
 end
 """

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from cli.bench.outputs import wrk_outputs
+from cli.bench.routing import metrics_text
 from cli.up import Cluster, UpOptions
 from common.process import affinity_command, free_port, spawn, wait_ready
 from common.process import stop as stop_all
@@ -92,40 +93,69 @@ def _measure(
     return result, per_request
 
 
+def answered_without_a_worker(url: str) -> float:
+    """How many answers the balancer at ``url`` has given from its cache (either
+    layer) or by joining an identical request in flight, since it started."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text(url) or ""):
+        if family.name in ("affinity_cache_hits", "affinity_cache_coalesced"):
+            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return total
+
+
 def _cluster(models: Path, options: UpOptions, stack: contextlib.ExitStack) -> tuple[Cluster, str]:
     cluster = Cluster(options)
     stack.callback(cluster.stop)
     return cluster, cluster.start(models)
 
 
+# (label, wrk's result or None, a note for a row wrk did not measure, answers not from a worker)
+Row = tuple[str, wrk.WrkResult | None, str, int | None]
+
+
 def run_throughput(duration: float, connections: int, rate: float, workers: int, out: Path) -> int:
-    rows: list[tuple[str, wrk.WrkResult | None, str]] = []
+    rows: list[Row] = []
     budgets: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-throughput-")))
         names = make_models(root)
-        varied = wrk.varied_script(names, "input", WIDTH)
-        one = wrk.varied_script(names[:1], "input", WIDTH)
+
+        # Every wrk run gets a script of its own (a fresh seed): a script run twice asks
+        # again what it asked before, and the balancer's cache would answer it.
+        def varied() -> str:
+            return wrk.varied_script(names, "input", WIDTH)
+
+        def one() -> str:
+            return wrk.varied_script(names[:1], "input", WIDTH)
+
+        def row(label: str, endpoint: str, script: str) -> Row:
+            before = answered_without_a_worker(endpoint)
+            result = wrk.run_script(endpoint, script, duration, connections)
+            return label, result, "", int(answered_without_a_worker(endpoint) - before)
 
         base = UpOptions(workers=workers, models=root, port=0, grpc_port=0, log_level="WARNING")
         with contextlib.ExitStack() as inner:
             cluster, endpoint = _cluster(root, base, inner)
-            wrk.run_script(endpoint, varied, 3, connections)  # every model loaded and warm
+            wrk.run_script(endpoint, varied(), 3, connections)  # every model loaded and warm
             pids = {f"{role} {i}" if role == "worker" else role: p.pid for i, (role, p) in enumerate(cluster.procs)}
-            result, budgets = _measure(endpoint, varied, duration, connections, pids)
-            rows.append(("cluster (affinity up defaults)", result, ""))
-            wrk.run_script(endpoint, one, 2, connections)
-            rows.append(("cluster, one model", wrk.run_script(endpoint, one, duration, connections), ""))
+            before = answered_without_a_worker(endpoint)
+            result, budgets = _measure(endpoint, varied(), duration, connections, pids)
+            rows.append(
+                ("cluster (affinity up defaults)", result, "", int(answered_without_a_worker(endpoint) - before))
+            )
+            wrk.run_script(endpoint, one(), 2, connections)
+            rows.append(row("cluster, one model", endpoint, one()))
             if rate > 0:
-                rows.append(("cluster, open loop", None, _open_loop(endpoint, rate, duration, names, out)))
+                rows.append(("cluster, open loop", None, _open_loop(endpoint, rate, duration, names, out), None))
 
         # The same cluster with the balancer packing JSON requests into the binary extension
         # for the hop (the default forwards them as they came): what the binary hop pays.
         with contextlib.ExitStack() as inner:
             cluster, endpoint = _cluster(root, replace(base, balancer_args=("--upstream-encoding", "binary")), inner)
-            wrk.run_script(endpoint, varied, 3, connections)
-            label = "cluster, binary to the workers (--upstream-encoding binary)"
-            rows.append((label, wrk.run_script(endpoint, varied, duration, connections), ""))
+            wrk.run_script(endpoint, varied(), 3, connections)
+            rows.append(row("cluster, binary to the workers (--upstream-encoding binary)", endpoint, varied()))
 
         # Each worker's budget holds half the models (and a little): together the workers hold
         # every model only if each model stays on one worker, which is what affinity does.
@@ -133,9 +163,9 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
         with contextlib.ExitStack() as inner:
             options = UpOptions(workers=workers, models=root, port=0, grpc_port=0, log_level="WARNING", cpu_memory=half)
             cluster, endpoint = _cluster(root, options, inner)
-            wrk.run_script(endpoint, varied, 3, connections)
+            wrk.run_script(endpoint, varied(), 3, connections)
             label = f"cluster, each worker's budget {format_size(half.bytes)} (half the models)"
-            rows.append((label, wrk.run_script(endpoint, varied, duration, connections), ""))
+            rows.append(row(label, endpoint, varied()))
 
         port = free_port()
         args = ["worker", "--models", str(root), "--port", str(port), "--grpc-port", "0", "--log-level", "WARNING"]
@@ -143,11 +173,12 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
         stack.callback(stop_all, [proc])
         direct = f"http://127.0.0.1:{port}"
         wait_ready(direct + "/v2/health/ready", proc)
-        wrk.run_script(direct, varied, 3, connections)
-        rows.append(("direct -> worker (all models)", wrk.run_script(direct, varied, duration, connections), ""))
+        wrk.run_script(direct, varied(), 3, connections)
+        result = wrk.run_script(direct, varied(), duration, connections)
+        rows.append(("direct -> worker (all models)", result, "", None))
     text = _table(rows, budgets, duration, connections)
     title = f"{MODELS} MLPs 3x{WIDTH}, every input different: wrk, {connections} connections"
-    results = {label: result for label, result, _ in rows}
+    results = {label: result for label, result, _, _ in rows}
     for written in wrk_outputs(out, "throughput", title, results, text, ("direct -> worker (all models)",)):
         print(f"wrote {written}")
     print(text)
@@ -171,24 +202,22 @@ def _open_loop(endpoint: str, rate: float, duration: float, names: list[str], ou
     )
 
 
-def _table(
-    rows: list[tuple[str, wrk.WrkResult | None, str]], budgets: dict[str, float], duration: float, connections: int
-) -> str:
+def _table(rows: list[Row], budgets: dict[str, float], duration: float, connections: int) -> str:
     lines = [
         f"`affinity bench throughput` on {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}: {MODELS} MLPs 3x{WIDTH}, JSON, every input different, a model at random, "
         f"wrk -t1 -c{connections} -d{duration:g}s",
         "",
-        "| row | req/s | p50 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| row | req/s | p50 ms | p99 ms | errors | answered without a worker |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for label, result, note in rows:
+    for label, result, note, shortcut in rows:
         if result is None:
-            lines.append(f"| {label} | {note} | | | |")
+            lines.append(f"| {label} | {note} | | | | |")
         else:
             lines.append(
                 f"| {label} | {result.requests_per_second:,.0f} | {result.p50_seconds * 1e3:.2f} | "
-                f"{result.p99_seconds * 1e3:.2f} | {result.errors} |"
+                f"{result.p99_seconds * 1e3:.2f} | {result.errors} | {'-' if shortcut is None else shortcut} |"
             )
     if budgets:
         lines += ["", "CPU per request on the cluster row (all the process's threads):", ""]
