@@ -1,16 +1,21 @@
 """The throughput benchmark's wrk script: every request unlike any other, in one
 run and across runs (else the balancer's cache answers what an earlier run
-asked, and a "no cache hit" row measures hits)."""
+asked, and a "no cache hit" row measures hits); and the bench's count of the
+answers that did not come from a worker, which says whether that held."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
+from cli.bench.throughput import answered_without_a_worker
 from loadgen.wrk import varied_script
+from tests.harness import Server, request
+from tests.reference import infer_body, sample_inputs
 
 
 def _bodies(script: str, counts: range) -> list[bytes]:
@@ -42,3 +47,14 @@ def test_a_given_seed_makes_the_same_script_and_a_narrow_input_is_refused() -> N
     assert "math.randomseed(7)" in varied_script(["a"], "x", 8, seed=7)
     with pytest.raises(ValueError):
         varied_script(["a"], "x", 1)
+
+
+def test_the_bench_counts_the_answers_that_came_without_a_worker(balancer: Server, zoo: Path) -> None:
+    """The column that says a row measured workers: hits and coalesced answers, from /metrics."""
+    before = answered_without_a_worker(balancer.url)
+    body = infer_body(sample_inputs(zoo, "mlp-00", 1, seed=20261201))
+    for expected in ("miss", "hit", "hit"):
+        resp = request(balancer.url, "POST", "/v2/models/mlp-00/infer", body)
+        assert resp.status == 200 and resp.headers["x-cache"] == expected
+    assert answered_without_a_worker(balancer.url) - before == 2
+    assert answered_without_a_worker("http://127.0.0.1:1") == 0  # nothing to read: nothing claimed
