@@ -130,9 +130,15 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
         def one() -> str:
             return wrk.varied_script(names[:1], "input", WIDTH)
 
-        def row(label: str, endpoint: str, script: str) -> Row:
+        def row(label: str, endpoint: str, script: str, pids: dict[str, int] | None = None) -> Row:
+            """One wrk row, with the answers that came without a worker meanwhile; with
+            ``pids``, each process's CPU per request too (into ``budgets``)."""
             before = answered_without_a_worker(endpoint)
-            result = wrk.run_script(endpoint, script, duration, connections)
+            if pids is None:
+                result = wrk.run_script(endpoint, script, duration, connections)
+            else:
+                result, per_request = _measure(endpoint, script, duration, connections, pids)
+                budgets.update(per_request)
             return label, result, "", int(answered_without_a_worker(endpoint) - before)
 
         base = UpOptions(workers=workers, models=root, port=0, grpc_port=0, log_level="WARNING")
@@ -140,11 +146,7 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
             cluster, endpoint = _cluster(root, base, inner)
             wrk.run_script(endpoint, varied(), 3, connections)  # every model loaded and warm
             pids = {f"{role} {i}" if role == "worker" else role: p.pid for i, (role, p) in enumerate(cluster.procs)}
-            before = answered_without_a_worker(endpoint)
-            result, budgets = _measure(endpoint, varied(), duration, connections, pids)
-            rows.append(
-                ("cluster (affinity up defaults)", result, "", int(answered_without_a_worker(endpoint) - before))
-            )
+            rows.append(row("cluster (affinity up defaults)", endpoint, varied(), pids))
             wrk.run_script(endpoint, one(), 2, connections)
             rows.append(row("cluster, one model", endpoint, one()))
             if rate > 0:
