@@ -118,7 +118,7 @@ class Balancer:
             members, index, self.transport, self.replicas, self.residency, config.policy, config.admin_token,
             config.shutdown_timeout,
         )  # fmt: skip
-        metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts)
+        metrics.watch_cluster(self._ring_size, self._health_states, self._replica_counts, self._replica_trials)
         self.prober = Prober(members, self.transport, config.health_interval, config.health_timeout)
         routes = BalancerHandlers(self.service, self.admin, config.keys).routes()
         self.http = HttpServer(routes, render_error, config.http_limits())
@@ -145,6 +145,9 @@ class Balancer:
 
     def _replica_counts(self) -> dict[tuple[str, ...], float]:
         return {(m,): float(n) for m, n in self.replicas.counts.items()}
+
+    def _replica_trials(self) -> dict[tuple[str, ...], float]:
+        return {(outcome,): float(n) for outcome, n in self.replicas.trials.items()}
 
     def _index_refreshed(self, index: ModelIndex) -> None:
         self.residency.replace(index.resident_on())

@@ -83,6 +83,7 @@ class BalancerConfig:
     replica_inflight: float = 8.0  # sustained requests in flight per replica that add one
     replica_sustain: float = 3.0  # seconds a model must stay that hot
     replica_cooldown: float = 30.0  # seconds it must stay cool before a replica goes
+    replica_trial: bool = True  # keep a new replica only if the model's mean time fell
     index_refresh: float = 10.0
     upstream_connections: int = 512
     shutdown_timeout: float = 30.0
@@ -183,7 +184,9 @@ class BalancerConfig:
         )
 
     def replica_settings(self) -> ReplicaSettings:
-        return ReplicaSettings(self.max_replicas, self.replica_inflight, self.replica_sustain, self.replica_cooldown)
+        return ReplicaSettings(
+            self.max_replicas, self.replica_inflight, self.replica_sustain, self.replica_cooldown, self.replica_trial
+        )
 
     def router_settings(self) -> RouterSettings:
         return RouterSettings(self.max_retries, self.try_timeout, self.max_inflight, self.max_inflight_per_worker)

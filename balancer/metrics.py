@@ -117,6 +117,7 @@ class BalancerMetrics:
         ring_size: Callable[[], dict[tuple[str, ...], float]],
         health: Callable[[], dict[tuple[str, ...], float]],
         replicas: Callable[[], dict[tuple[str, ...], float]],
+        trials: Callable[[], dict[tuple[str, ...], float]] | None = None,
     ) -> None:
         """Gauges read from the membership when scraped."""
         self.registry.add(
@@ -129,6 +130,15 @@ class BalancerMetrics:
             )
         )  # fmt: skip
         self.registry.add(CallbackGauge("affinity_model_replicas", "Replicas of hot models.", ["model"], replicas))
+        if trials is not None:
+            self.registry.add(
+                CallbackCounter(
+                    "affinity_replica_trials",
+                    "Replicas grown on trial, by outcome: kept (the model's mean time fell) or reverted.",
+                    ["outcome"],
+                    trials,
+                )
+            )
 
     def retry(self, reason: str) -> None:
         self.retries.labels(reason).value += 1

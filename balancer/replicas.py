@@ -16,6 +16,24 @@ constant of ``sustain / 2``; then
   ``cooldown`` seconds (down to the model's minimum): the gap between the two
   thresholds keeps a model from flapping.
 
+A replica must pay (``trial``, on by default). Another worker serving a
+model costs batching (each worker's batches get smaller) and, where workers
+share cores, CPU the owner was using: measured on two shared cores, a second
+replica of the one hot model cut the cluster's throughput by 12-30%, while on
+workers with cores of their own it adds a worker's capacity. The scaler cannot
+tell these apart from in-flight counts, so each growth is a trial: the mean
+time a request of the model spends in this balancer (admission to answer)
+over the sustained-hot window before the growth is the baseline; after a
+settling time of ``sustain`` seconds (the new replica loads the model), the
+mean over the next ``sustain`` seconds must be at least ``KEEP_GAIN`` lower,
+or the model goes back to its previous count and may not grow again for a
+back-off (``cooldown``, doubling with each failed trial in a row, at most
+``MAX_BACKOFF``). With too few answers in either window to judge, the replica
+stays. By Little's law the mean time is the in-flight count over the rate: in
+closed loop (a fixed number of clients) a replica that adds capacity raises
+the rate and lowers it, and in open loop it shortens the queue; one that costs
+more than it adds raises it either way.
+
 Per-model limits come from the repository index (config.json ``"replicas":
 {"min": 1, "max": 4}``); the rest use ``1 .. max_replicas``. Pure logic with an
 injectable clock; ``counts`` is read by the affinity policy (absent means 1).
@@ -30,6 +48,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+KEEP_GAIN = 0.1  # a trial replica stays when the model's mean time fell by at least this share
+MIN_ANSWERS = 20  # answers a window needs before a trial can judge it
+MAX_BACKOFF = 600.0  # seconds, the longest wait after failed trials before a model may grow again
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSettings:
@@ -37,20 +59,34 @@ class ReplicaSettings:
     grow_at: float = 8.0  # sustained requests in flight per replica that add one
     sustain: float = 3.0  # seconds the load must stay high before a replica is added
     cooldown: float = 30.0  # seconds it must stay low before one is removed
+    trial: bool = True  # keep a new replica only if the model's mean time fell (module docstring)
 
     def __post_init__(self) -> None:
         if self.max_replicas < 1 or not self.grow_at > 0 or not self.sustain > 0 or not self.cooldown > 0:
             raise ValueError("replica limits, thresholds and times must be positive")
 
 
+@dataclass(slots=True)
+class _Trial:
+    before: int  # replicas before the growth (what a failed trial goes back to)
+    baseline: float  # mean seconds a request over the hot window before the growth
+    starts: float  # when measuring starts (after the new replica settled)
+    ends: float
+    mark: tuple[int, float] | None = None  # (answers, seconds) when measuring started
+
+
 class _ModelLoad:
-    __slots__ = ("average", "high_since", "low_since", "sampled")
+    __slots__ = ("average", "failures", "high_since", "low_since", "mark", "retry_after", "sampled", "trial")
 
     def __init__(self, now: float) -> None:
         self.average = 0.0
         self.sampled = now
         self.high_since: float | None = None
         self.low_since: float | None = None
+        self.mark: tuple[int, float] | None = None  # (answers, seconds) when the load became high
+        self.trial: _Trial | None = None
+        self.failures = 0  # failed trials in a row
+        self.retry_after = 0.0  # no growth before this time (after a failed trial)
 
 
 class ReplicaScaler:
@@ -60,13 +96,23 @@ class ReplicaScaler:
         self.inflight: dict[str, int] = {}  # per model, kept by the router
         self.counts: dict[str, int] = {}  # models above one replica (read by the policy)
         self.limits: dict[str, tuple[int, int]] = {}  # per-model (min, max) from the index
+        self.trials: dict[str, int] = {"kept": 0, "reverted": 0}  # outcomes (a metric)
         self._loads: dict[str, _ModelLoad] = {}
+        self._answered: dict[str, list[float]] = {}  # per model: [answers, seconds], running totals
 
     def begin(self, model: str) -> None:
         self.inflight[model] = self.inflight.get(model, 0) + 1
 
-    def end(self, model: str) -> None:
+    def end(self, model: str, seconds: float | None = None) -> None:
+        """A request of ``model`` is done; ``seconds``: how long it took (for trials)."""
         self.inflight[model] -= 1
+        if seconds is not None:
+            totals = self._answered.get(model)
+            if totals is None:
+                self._answered[model] = [1, seconds]
+            else:
+                totals[0] += 1
+                totals[1] += seconds
 
     def replicas(self, model: str) -> int:
         return self.counts.get(model, 1)
@@ -101,22 +147,45 @@ class ReplicaScaler:
             weight = min(1.0, elapsed / (s.sustain / 2))
             load.average += weight * (self.inflight.get(model, 0) - load.average)
             self._decide(model, load, now)
-            if load.average < 0.01 and not self.inflight.get(model) and model not in self.counts:
+            cold = load.average < 0.01 and not self.inflight.get(model) and model not in self.counts
+            if cold and load.trial is None and now >= load.retry_after:
                 del self._loads[model]  # cold again: forget it
                 self.inflight.pop(model, None)
+                self._answered.pop(model, None)
+
+    def answered(self, model: str) -> tuple[int, float]:
+        """Answers of ``model`` so far and the seconds they took, summed (while it is hot)."""
+        totals = self._answered.get(model)
+        return (0, 0.0) if totals is None else (int(totals[0]), totals[1])
+
+    def _mean_since(self, model: str, mark: tuple[int, float] | None) -> float | None:
+        """Mean seconds a request since ``mark``; None with too few answers to judge."""
+        if mark is None:
+            return None
+        answers, seconds = self.answered(model)
+        count = answers - mark[0]
+        return (seconds - mark[1]) / count if count >= MIN_ANSWERS else None
 
     def _decide(self, model: str, load: _ModelLoad, now: float) -> None:
         s = self.settings
+        if load.trial is not None:
+            self._judge(model, load, load.trial, now)
+            return
         lo, hi = self._bounds(model)
         replicas = self.replicas(model)
         if replicas < hi and load.average > s.grow_at * replicas:
             load.low_since = None
+            if now < load.retry_after:
+                return  # a replica did not pay here lately
             if load.high_since is None:
-                load.high_since = now
+                load.high_since, load.mark = now, self.answered(model)
             elif now - load.high_since >= s.sustain:
                 self._set(model, replicas + 1)
-                load.high_since = now  # the next one needs its own sustained load
+                baseline = self._mean_since(model, load.mark)
+                load.high_since, load.mark = now, self.answered(model)  # the next one needs its own sustained load
                 log.info("model %s is hot: %d replicas (%.1f in flight)", model, replicas + 1, load.average)
+                if s.trial and baseline is not None:
+                    load.trial = _Trial(replicas, baseline, now + s.sustain, now + 2 * s.sustain)
             return
         load.high_since = None
         if replicas > lo and load.average < s.grow_at * (replicas - 1) / 2:
@@ -130,3 +199,29 @@ class ReplicaScaler:
         load.low_since = None
         if replicas < lo:
             self._set(model, lo)
+
+    def _judge(self, model: str, load: _ModelLoad, trial: _Trial, now: float) -> None:
+        """A replica on trial: measure after it settled, then keep it or go back."""
+        if trial.mark is None:
+            if now >= trial.starts:
+                trial.mark = self.answered(model)
+            return
+        if now < trial.ends:
+            return
+        load.trial = None
+        load.high_since, load.mark = None, None  # a further growth needs a hot window of its own
+        mean = self._mean_since(model, trial.mark)
+        if mean is None or mean <= trial.baseline * (1 - KEEP_GAIN):
+            load.failures = 0
+            self.trials["kept"] += 1
+            return
+        lo, _ = self._bounds(model)
+        self._set(model, max(trial.before, lo))
+        load.failures += 1
+        backoff = min(self.settings.cooldown * 2 ** (load.failures - 1), MAX_BACKOFF)
+        load.retry_after = now + backoff
+        self.trials["reverted"] += 1
+        log.info(
+            "model %s: a replica did not pay (mean %.1f ms against %.1f before): back to %d for %.0f s",
+            model, mean * 1e3, trial.baseline * 1e3, max(trial.before, lo), backoff,
+        )  # fmt: skip

@@ -157,6 +157,7 @@ class Router:
         members, health, metrics = self.members, self.members.health, self.metrics
         self.budget.request()
         self.replicas.begin(model)
+        begun = time.perf_counter()
         self.active += 1
         tried: list[str] = []
         last: UpstreamResponse | None = None
@@ -208,7 +209,7 @@ class Router:
                 decision = "retry"
         finally:
             self.active -= 1
-            self.replicas.end(model)
+            self.replicas.end(model, time.perf_counter() - begun)
 
     @staticmethod
     def _give_up(last: UpstreamResponse | None, worker: str) -> tuple[UpstreamResponse, str]:

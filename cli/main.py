@@ -148,6 +148,13 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--replica-inflight", "sustained requests in flight per replica that add one", type=float, default=8.0)
     f.add("--replica-sustain", "seconds a model must stay hot before a replica is added", type=float, default=3.0)
     f.add("--replica-cooldown", "seconds a model must stay cool before a replica goes", type=float, default=30.0)
+    f.add(
+        "--replica-trial",
+        "keep a new replica only if the model's mean time in the balancer fell by 10% over a trial "
+        "(it may not pay where workers share cores)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+    )
     f.add("--index-refresh", "seconds between repository index refreshes", type=float, default=10.0)
     f.add("--processes", "balancer processes sharing the ports (SO_REUSEPORT), metrics added up", type=int, default=1)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)

@@ -209,6 +209,8 @@ def test_balancer_metrics_count_what_happened(balancer: Server, workers: list[Se
     assert delta("affinity_route_decisions_total", decision="primary") == 1
     assert delta("affinity_upstream_duration_seconds_count") == 1
     assert {f'worker="{w.id}"' in after for w in workers} == {True}, "in-flight gauge per worker"
+    assert delta("affinity_replica_trials_total", outcome="reverted") == 0, "no model was hot"
+    assert 'affinity_replica_trials_total{outcome="kept"}' in after
     worker_metrics = request(workers[0].url, "GET", "/metrics").body.decode()
     for text in (after, worker_metrics):  # both kinds of process give freed heap memory back and say so
         assert "affinity_heap_trims_total" in text and "affinity_heap_trimmed_bytes_total" in text

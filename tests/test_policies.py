@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -336,3 +337,66 @@ def test_replicas_grow_under_sustained_concurrency_only_and_shrink_when_cool() -
     assert scaler.replicas("pinned") == 2
     run("small", 50, 10)
     assert scaler.replicas("small") == 1, "a model's own max"
+
+
+def _trial_scaler(trial: bool = True) -> tuple[ReplicaScaler, Callable[..., None]]:
+    clock = Clock()
+    scaler = ReplicaScaler(ReplicaSettings(max_replicas=3, grow_at=4, sustain=2, cooldown=5, trial=trial), clock)
+
+    def run(model: str, inflight: int, seconds: float, mean_time: Callable[[int], float]) -> None:
+        """``inflight`` requests kept in flight, ten answers a tick, each taking
+        ``mean_time(replicas)`` seconds (the model's speed with that many replicas)."""
+        for _ in range(int(seconds / 0.25)):
+            clock.now += 0.25
+            for _ in range(10):
+                scaler.begin(model)
+                scaler.end(model, mean_time(scaler.replicas(model)))
+            scaler.inflight[model] = inflight
+            scaler.tick()
+
+    return scaler, run
+
+
+def test_a_replica_that_does_not_pay_goes_back_and_the_model_waits_before_trying_again() -> None:
+    """Workers sharing cores: each replica makes the model's requests slower."""
+    scaler, run = _trial_scaler()
+
+    def slower(replicas: int) -> float:
+        return 0.005 * (1 + 0.2 * (replicas - 1))
+
+    run("m", 20, 2.5, slower)
+    assert scaler.replicas("m") == 2, "sustained load grew a replica, on trial"
+    run("m", 20, 1.5, slower)
+    assert scaler.replicas("m") == 2, "the trial settles, then measures"
+    run("m", 20, 3, slower)
+    assert scaler.replicas("m") == 1, "slower than before: back to one"
+    assert scaler.trials == {"kept": 0, "reverted": 1}
+    run("m", 20, 4.5, slower)
+    assert scaler.replicas("m") == 1, "no new trial within the back-off (the cooldown, 5 s)"
+    run("m", 20, 3, slower)
+    assert scaler.replicas("m") == 2, "after the back-off, a new trial"
+    run("m", 20, 4.5, slower)
+    assert scaler.replicas("m") == 1 and scaler.trials["reverted"] == 2
+    run("m", 20, 9, slower)
+    assert scaler.replicas("m") == 1, "the back-off doubled after a second failure in a row"
+    run("m", 20, 3, slower)
+    assert scaler.replicas("m") == 2
+
+
+def test_a_replica_that_pays_stays_and_the_next_one_gets_its_own_trial() -> None:
+    """Workers with cores of their own: each replica adds capacity."""
+    scaler, run = _trial_scaler()
+
+    def faster(replicas: int) -> float:
+        return 0.008 / replicas
+
+    run("m", 20, 13, faster)
+    assert scaler.replicas("m") == 3, "each growth kept, up to the cap"
+    assert scaler.trials == {"kept": 2, "reverted": 0}
+
+
+def test_without_trials_a_replica_stays_however_it_does() -> None:
+    scaler, run = _trial_scaler(trial=False)
+    run("m", 20, 13, lambda replicas: 0.005 * replicas)
+    assert scaler.replicas("m") == 3
+    assert scaler.trials == {"kept": 0, "reverted": 0}

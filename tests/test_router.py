@@ -155,3 +155,16 @@ def test_the_deadline_cuts_tries_and_a_cut_try_counts_for_nothing() -> None:
     assert len(transport.calls) == tries + 1, "no retry after the deadline"
     assert router.members.health.state("a") == "healthy", "eject_after=1, yet the cut try counted for nothing"
     assert router.metrics.retries_denied.labels("deadline").value == 1
+
+
+def test_each_request_tells_the_replica_scaler_how_long_it_took() -> None:
+    """What a replica's trial judges by: every request's time, retries included."""
+    router = make(eject_after=5)
+    transport: FakeTransport = router.transport  # type: ignore[assignment]
+    model = next(f"m{i}" for i in range(500) if router.members.preference_list(f"m{i}")[0] == "a")
+    transport.answers["a"] = "connect"
+    for _ in range(3):
+        assert asyncio.run(router.send(model, "POST", "/infer"))[0].status == 200
+    answers, seconds = router.replicas.answered(model)
+    assert answers == 3 and seconds > 0
+    assert router.replicas.inflight[model] == 0
