@@ -103,3 +103,29 @@ def test_lying_bytes_lengths_are_refused() -> None:
         unpack_bytes_elements(b"\x01\x00", "x")
     with pytest.raises(BadRequest, match="whole number"):
         unpack("FP32", b"\x00" * 6, "x")
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+@given(data=st.data())
+def test_floats_and_integers_pack_alike_and_a_boolean_anywhere_is_refused(datatype: str, data: st.DataObject) -> None:
+    """FP32 and FP64 take a fast path (struct, no look at each element's type unless the
+    bytes hold a 1.0 or 0.0, which True and False would pack as): it must give numpy's
+    bytes for any mix of numbers, and still refuse a boolean wherever it hides."""
+    width = 32 if datatype == "FP32" else 64
+    numbers = st.one_of(st.integers(-(2**24), 2**24), st.floats(allow_nan=False, allow_infinity=False, width=width))
+    values = data.draw(st.lists(numbers, min_size=1, max_size=64))
+    expected = np.asarray(values, dtype=NUMPY_DTYPES[datatype]).astype(NUMPY_DTYPES[datatype].newbyteorder("<"))
+    assert pack(datatype, values, "x") == expected.tobytes()
+    spoiled = list(values)
+    spoiled.insert(data.draw(st.integers(0, len(values))), data.draw(st.booleans()))
+    with pytest.raises(BadRequest, match="does not match"):
+        pack(datatype, spoiled, "x")
+
+
+def test_fp32_refusals_say_what_they_said_before_the_fast_path() -> None:
+    assert pack("FP32", [1e39, 0.5], "x") == np.asarray([np.inf, 0.5], np.float32).tobytes()
+    with pytest.raises(BadRequest, match="out of range"):
+        pack("FP32", [0.5, 10**400], "x")
+    for bad in ("1.5", None, [1.0]):
+        with pytest.raises(BadRequest, match="does not match"):
+            pack("FP32", [0.5, bad], "x")
