@@ -208,6 +208,8 @@ class HttpClient:
         self._pools: dict[str, _Pool] = {}
         self._busy: set[_Conn] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the sweeper runs on (got once, not a
+        # get_running_loop() per request: on Python 3.11 each one is a getpid() system call)
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -263,8 +265,9 @@ class HttpClient:
         data = head + b"\r\n" + payload
         if try_timeout is None:
             try_timeout = self.try_timeout
-        loop = asyncio.get_running_loop()
-        if self._sweeper is None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
             self._sweeper = loop.create_task(self._sweep())
         async with pool.slots:
             conn = self._idle(pool, loop.time())
@@ -295,6 +298,7 @@ class HttpClient:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        self._loop = None
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().close()

@@ -134,7 +134,8 @@ class Connection(RequestReader):
                     self.server.buffered_body -= len(request.body)
             else:
                 self.busy = True
-                task = asyncio.get_running_loop().create_task(self._finish(request, result, keep_alive))
+                loop = self.server.loop or asyncio.get_running_loop()
+                task = loop.create_task(self._finish(request, result, keep_alive))
                 self.server.tasks.add(task)
                 task.add_done_callback(self.server.tasks.discard)
         if self.busy or self.closing:

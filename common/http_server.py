@@ -89,6 +89,8 @@ class HttpServer:
         self.preamble = b""  # the Server and Date lines every answer carries
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        # The loop it serves on, got once (on Python 3.11 each get_running_loop() is a getpid()).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(
         self, host: str, port: int, backlog: int = 2048, reuse_port: bool = False, tls: ssl.SSLContext | None = None
@@ -96,7 +98,7 @@ class HttpServer:
         """Listen on host:port (0: any free port); returns the bound port. ``reuse_port``:
         share the port with sibling processes (SO_REUSEPORT; the kernel spreads connections);
         ``tls``: serve HTTPS with this context (the handshake within the header timeout)."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._tick(loop.time())
         server = await loop.create_server(
             lambda: Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port or None,
