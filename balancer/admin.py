@@ -97,6 +97,8 @@ class AdminService:
             models[name] = {
                 "preference_list": list(m.preference_list(name)),
                 "candidates": list(m.candidates(name)),
+                "home": m.homes.get(name),
+                "size": m.sizes.get(name, 0),
                 "replicas": self.replicas.replicas(name),
                 "resident_on": sorted(self.residency.on(name)),
             }

@@ -150,6 +150,7 @@ class Balancer:
         return {(outcome,): float(n) for outcome, n in self.replicas.trials.items()}
 
     def _index_refreshed(self, index: ModelIndex) -> None:
+        self.service.members.set_model_sizes({name: info.size for name, info in index.models.items()})
         self.residency.replace(index.resident_on())
         self.replicas.set_limits({name: info.replicas for name, info in index.models.items()})
 

@@ -41,6 +41,7 @@ class ModelInfo:
     scopes: dict[str, KeyScope] = field(default_factory=dict)
     cache_ttl: float | None = None
     replicas: tuple[int, int | None] = (1, None)  # (min, max) hot-model replicas; max None: the default
+    size: int = 0  # bytes of its largest version's weights, as the workers report (0: not known)
     # (version, tenant) -> that tenant's scope, made on first use (API keys): the hit path looks it up
     tenant_scopes: dict[tuple[str, str], KeyScope] = field(default_factory=dict, compare=False)
 
@@ -103,7 +104,7 @@ class ModelIndex:
             if resp.status != 200:
                 return None
             return [(worker_id, IndexEntry.from_json(row)) for row in orjson.loads(resp.body)]
-        except (UpstreamError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (UpstreamError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
             return None
 
     async def _refresh(self) -> None:
@@ -134,6 +135,7 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
     ttl: dict[str, float | None] = {}
     replicas: dict[str, tuple[int, int | None]] = {}
     weights: dict[tuple[str, str], set[str]] = {}
+    sizes: dict[str, int] = {}
     combined: dict[tuple[str, str], dict[str, object]] = {}
     for worker_id, entry in rows:
         versions.setdefault(entry.name, set()).add(entry.version)
@@ -143,6 +145,7 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
             ttl[entry.name] = min(entry.cache_ttl, ttl.get(entry.name) or entry.cache_ttl)
         if entry.min_replicas > 1 or entry.max_replicas is not None:
             replicas[entry.name] = (entry.min_replicas, entry.max_replicas)
+        sizes[entry.name] = max(sizes.get(entry.name, 0), entry.size)
         if entry.sha256:
             weights.setdefault((entry.name, entry.version), set()).add(entry.sha256)
         row = combined.setdefault((entry.name, entry.version), {**entry.to_json(), "resident_on": []})
@@ -161,6 +164,7 @@ def merge(rows: list[tuple[str, IndexEntry]]) -> tuple[dict[str, ModelInfo], lis
             {v: KeyScope(name, v, next(iter(weights[name, v]))) for v in vs if len(weights.get((name, v), ())) == 1},
             ttl.get(name),
             replicas.get(name, (1, None)),
+            sizes[name],
         )
         for name, vs in versions.items()
     }

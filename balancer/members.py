@@ -10,7 +10,14 @@ A member is *admitted* (a routing candidate) when its health says so
 admission recomputes, once, what the hot path reads: ``loads`` (in-flight
 counts of admitted workers), ``shares`` (each one's share of the admitted
 capacity) and the per-model candidate lists (the ring's preference list less
-workers not admitted), so a request costs dictionary lookups.
+workers not admitted, the model's placed home first), so a request costs
+dictionary lookups.
+
+Placement (``balancer.placement``): with the models' sizes from the index
+(``set_model_sizes``), each model's home is the first admitted worker in its
+ring order with memory left for it, so a worker is not given more models than
+its budget holds while another has room. With room everywhere the home is the
+ring owner.
 
 Panic threshold: when fewer than ``panic_threshold`` of the members (not
 counting drained ones) are admitted, ``panic`` is set and the router fails
@@ -29,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from balancer.health import HealthBook
+from balancer.placement import place
 from balancer.ring import HashRing
 
 
@@ -58,6 +66,8 @@ class Members:
         self.shares: dict[str, float] = {}  # admitted members' share of the admitted capacity
         self.drained: set[str] = set()
         self.panic = False
+        self.sizes: dict[str, int] = {}  # bytes of each model's weights, from the index
+        self.homes: dict[str, str] = {}  # each model's placed home among the admitted workers
         self._candidates: dict[str, tuple[str, ...]] = {}
         self._idle: dict[str, asyncio.Event] = {}  # drained workers someone waits on
         self.set_members(workers or {})
@@ -90,8 +100,24 @@ class Members:
         self.shares.clear()
         self.shares.update((w, c / total) for w, c in weights.items())
         self._candidates.clear()
+        self._place()
         eligible = len(self.addresses) - len(self.drained)
         self.panic = eligible > 0 and len(admitted) < self.panic_threshold * eligible
+
+    def set_model_sizes(self, sizes: Mapping[str, int]) -> None:
+        """The models and their sizes (from the index); placement follows them."""
+        if dict(sizes) != self.sizes:
+            self.sizes = dict(sizes)
+            self._candidates.clear()
+            self._place()
+
+    def _place(self) -> None:
+        loads, ring = self.loads, self.ring
+        if not self.sizes or not loads:
+            self.homes = {}
+            return
+        capacities = {w: self.capacities.get(w, 0) for w in loads}
+        self.homes = place(self.sizes, lambda model: [w for w in ring.preference_list(model) if w in loads], capacities)
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -107,11 +133,15 @@ class Members:
         return self.ring.preference_list(model)
 
     def candidates(self, model: str) -> tuple[str, ...]:
-        """Admitted members in ring order from the model's hash (may be empty)."""
+        """Admitted members in ring order from the model's hash, its placed home
+        first (may be empty)."""
         found = self._candidates.get(model)
         if found is None:
             loads = self.loads
             found = tuple(w for w in self.ring.preference_list(model) if w in loads) if loads else ()
+            home = self.homes.get(model)
+            if home is not None and found and found[0] != home:
+                found = (home, *(w for w in found if w != home))
             self._candidates[model] = found
         return found
 

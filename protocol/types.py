@@ -89,7 +89,7 @@ class IndexEntry:
     LOADING or UNAVAILABLE; ``tier`` is where the version is now on the worker
     that answers: gpu or cpu (resident), disk or remote (waiting to be paged in);
     ``min_replicas`` and ``max_replicas`` bound how many workers the balancer
-    spreads a hot model over.
+    spreads a hot model over; ``size`` is the bytes of its weights.
     """
 
     name: str
@@ -104,6 +104,7 @@ class IndexEntry:
     tier: str = ""
     min_replicas: int = 1  # hot-model replicas the balancer keeps at least
     max_replicas: int | None = None  # and at most (None: the balancer's default)
+    size: int = 0  # bytes of the version's weights (0: not known); the balancer's placement reads it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +120,7 @@ class IndexEntry:
             "tier": self.tier,
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
+            "size": self.size,
         }
 
     @classmethod
@@ -136,6 +138,7 @@ class IndexEntry:
             tier=str(raw.get("tier", "")),
             min_replicas=int(raw.get("min_replicas") or 1),
             max_replicas=int(raw["max_replicas"]) if raw.get("max_replicas") is not None else None,
+            size=max(int(raw.get("size") or 0), 0),
         )
 
 

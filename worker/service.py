@@ -261,6 +261,7 @@ class WorkerService:
                     tier=tier,
                     min_replicas=config.min_replicas if config else 1,
                     max_replicas=config.max_replicas if config else None,
+                    size=entry.size_bytes,
                 )
             )
         return rows
