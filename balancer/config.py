@@ -83,7 +83,7 @@ class BalancerConfig:
     replica_inflight: float = 8.0  # sustained requests in flight per replica that add one
     replica_sustain: float = 3.0  # seconds a model must stay that hot
     replica_cooldown: float = 30.0  # seconds it must stay cool before a replica goes
-    replica_trial: bool = True  # keep a new replica only if the model's mean time fell
+    replica_trial: bool = True  # keep a new replica only if the model's answers got faster or more
     index_refresh: float = 10.0
     upstream_connections: int = 512
     shutdown_timeout: float = 30.0

@@ -21,18 +21,21 @@ model costs batching (each worker's batches get smaller) and, where workers
 share cores, CPU the owner was using: measured on two shared cores, a second
 replica of the one hot model cut the cluster's throughput by 12-30%, while on
 workers with cores of their own it adds a worker's capacity. The scaler cannot
-tell these apart from in-flight counts, so each growth is a trial: the mean
-time a request of the model spends in this balancer (admission to answer)
-over the sustained-hot window before the growth is the baseline; after a
-settling time of ``sustain`` seconds (the new replica loads the model), the
-mean over the next ``sustain`` seconds must be at least ``KEEP_GAIN`` lower,
-or the model goes back to its previous count and may not grow again for a
+tell these apart from in-flight counts, so each growth is a trial. Over the
+sustained-hot window before the growth the scaler takes the model's answers a
+second and the mean time a request spends in this balancer (admission to
+answer); after a settling time of ``sustain`` seconds (the new replica loads
+the model), over the next ``sustain`` seconds either the answers a second
+must be at least ``KEEP_GAIN`` higher or the mean time that much lower, or
+the model goes back to its previous count and may not grow again for a
 back-off (``cooldown``, doubling with each failed trial in a row, at most
 ``MAX_BACKOFF``). With too few answers in either window to judge, the replica
-stays. By Little's law the mean time is the in-flight count over the rate: in
-closed loop (a fixed number of clients) a replica that adds capacity raises
-the rate and lowers it, and in open loop it shortens the queue; one that costs
-more than it adds raises it either way.
+stays. Both, because load differs: with a fixed number of clients (closed
+loop) a replica that adds capacity raises the rate and so lowers the mean
+time; with arrivals of their own (open loop) it shortens the queue and the
+time while the rate stays what arrives, and past capacity it raises the rate
+even while a growing queue still raises the time. One that costs more than
+it adds does neither.
 
 Per-model limits come from the repository index (config.json ``"replicas":
 {"min": 1, "max": 4}``); the rest use ``1 .. max_replicas``. Pure logic with an
@@ -59,20 +62,23 @@ class ReplicaSettings:
     grow_at: float = 8.0  # sustained requests in flight per replica that add one
     sustain: float = 3.0  # seconds the load must stay high before a replica is added
     cooldown: float = 30.0  # seconds it must stay low before one is removed
-    trial: bool = True  # keep a new replica only if the model's mean time fell (module docstring)
+    trial: bool = True  # keep a new replica only if the model's answers got faster or more (module docstring)
 
     def __post_init__(self) -> None:
         if self.max_replicas < 1 or not self.grow_at > 0 or not self.sustain > 0 or not self.cooldown > 0:
             raise ValueError("replica limits, thresholds and times must be positive")
 
 
+Mark = tuple[int, float, float]  # (answers so far, their seconds summed, the clock) at a window's start
+
+
 @dataclass(slots=True)
 class _Trial:
     before: int  # replicas before the growth (what a failed trial goes back to)
-    baseline: float  # mean seconds a request over the hot window before the growth
+    baseline: tuple[float, float]  # (mean seconds a request, answers a second) over the hot window before
     starts: float  # when measuring starts (after the new replica settled)
     ends: float
-    mark: tuple[int, float] | None = None  # (answers, seconds) when measuring started
+    mark: Mark | None = None  # when measuring started
 
 
 class _ModelLoad:
@@ -83,7 +89,7 @@ class _ModelLoad:
         self.sampled = now
         self.high_since: float | None = None
         self.low_since: float | None = None
-        self.mark: tuple[int, float] | None = None  # (answers, seconds) when the load became high
+        self.mark: Mark | None = None  # when the load became high
         self.trial: _Trial | None = None
         self.failures = 0  # failed trials in a row
         self.retry_after = 0.0  # no growth before this time (after a failed trial)
@@ -158,13 +164,18 @@ class ReplicaScaler:
         totals = self._answered.get(model)
         return (0, 0.0) if totals is None else (int(totals[0]), totals[1])
 
-    def _mean_since(self, model: str, mark: tuple[int, float] | None) -> float | None:
-        """Mean seconds a request since ``mark``; None with too few answers to judge."""
-        if mark is None:
+    def _mark(self, model: str, now: float) -> Mark:
+        answers, seconds = self.answered(model)
+        return answers, seconds, now
+
+    def _since(self, model: str, mark: Mark | None, now: float) -> tuple[float, float] | None:
+        """(mean seconds a request, answers a second) since ``mark``; None with too few
+        answers to judge."""
+        if mark is None or now <= mark[2]:
             return None
         answers, seconds = self.answered(model)
         count = answers - mark[0]
-        return (seconds - mark[1]) / count if count >= MIN_ANSWERS else None
+        return ((seconds - mark[1]) / count, count / (now - mark[2])) if count >= MIN_ANSWERS else None
 
     def _decide(self, model: str, load: _ModelLoad, now: float) -> None:
         s = self.settings
@@ -178,11 +189,11 @@ class ReplicaScaler:
             if now < load.retry_after:
                 return  # a replica did not pay here lately
             if load.high_since is None:
-                load.high_since, load.mark = now, self.answered(model)
+                load.high_since, load.mark = now, self._mark(model, now)
             elif now - load.high_since >= s.sustain:
                 self._set(model, replicas + 1)
-                baseline = self._mean_since(model, load.mark)
-                load.high_since, load.mark = now, self.answered(model)  # the next one needs its own sustained load
+                baseline = self._since(model, load.mark, now)
+                load.high_since, load.mark = now, self._mark(model, now)  # the next one needs its own sustained load
                 log.info("model %s is hot: %d replicas (%.1f in flight)", model, replicas + 1, load.average)
                 if s.trial and baseline is not None:
                     load.trial = _Trial(replicas, baseline, now + s.sustain, now + 2 * s.sustain)
@@ -204,17 +215,19 @@ class ReplicaScaler:
         """A replica on trial: measure after it settled, then keep it or go back."""
         if trial.mark is None:
             if now >= trial.starts:
-                trial.mark = self.answered(model)
+                trial.mark = self._mark(model, now)
             return
         if now < trial.ends:
             return
         load.trial = None
         load.high_since, load.mark = None, None  # a further growth needs a hot window of its own
-        mean = self._mean_since(model, trial.mark)
-        if mean is None or mean <= trial.baseline * (1 - KEEP_GAIN):
+        measured = self._since(model, trial.mark, now)
+        (was_mean, was_rate), gain = trial.baseline, KEEP_GAIN
+        if measured is None or measured[0] <= was_mean * (1 - gain) or measured[1] >= was_rate * (1 + gain):
             load.failures = 0
             self.trials["kept"] += 1
             return
+        mean, rate = measured
         lo, _ = self._bounds(model)
         self._set(model, max(trial.before, lo))
         load.failures += 1
@@ -222,6 +235,7 @@ class ReplicaScaler:
         load.retry_after = now + backoff
         self.trials["reverted"] += 1
         log.info(
-            "model %s: a replica did not pay (mean %.1f ms against %.1f before): back to %d for %.0f s",
-            model, mean * 1e3, trial.baseline * 1e3, max(trial.before, lo), backoff,
+            "model %s: a replica did not pay (%.1f ms and %.0f answers/s against %.1f and %.0f before): "
+            "back to %d for %.0f s",
+            model, mean * 1e3, rate, was_mean * 1e3, was_rate, max(trial.before, lo), backoff,
         )  # fmt: skip

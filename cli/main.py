@@ -150,8 +150,8 @@ def _balancer_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--replica-cooldown", "seconds a model must stay cool before a replica goes", type=float, default=30.0)
     f.add(
         "--replica-trial",
-        "keep a new replica only if the model's mean time in the balancer fell by 10% over a trial "
-        "(it may not pay where workers share cores)",
+        "keep a new replica only if the model's answers a second rose or its mean time in the balancer "
+        "fell by 10% over a trial (it may not pay where workers share cores)",
         action=argparse.BooleanOptionalAction,
         default=True,
     )

@@ -343,12 +343,18 @@ def _trial_scaler(trial: bool = True) -> tuple[ReplicaScaler, Callable[..., None
     clock = Clock()
     scaler = ReplicaScaler(ReplicaSettings(max_replicas=3, grow_at=4, sustain=2, cooldown=5, trial=trial), clock)
 
-    def run(model: str, inflight: int, seconds: float, mean_time: Callable[[int], float]) -> None:
-        """``inflight`` requests kept in flight, ten answers a tick, each taking
-        ``mean_time(replicas)`` seconds (the model's speed with that many replicas)."""
+    def run(
+        model: str,
+        inflight: int,
+        seconds: float,
+        mean_time: Callable[[int], float],
+        answers: Callable[[int], int] = lambda replicas: 10,
+    ) -> None:
+        """``inflight`` requests kept in flight, ``answers(replicas)`` answers a tick,
+        each taking ``mean_time(replicas)`` seconds."""
         for _ in range(int(seconds / 0.25)):
             clock.now += 0.25
-            for _ in range(10):
+            for _ in range(answers(scaler.replicas(model))):
                 scaler.begin(model)
                 scaler.end(model, mean_time(scaler.replicas(model)))
             scaler.inflight[model] = inflight
@@ -400,3 +406,17 @@ def test_without_trials_a_replica_stays_however_it_does() -> None:
     run("m", 20, 13, lambda replicas: 0.005 * replicas)
     assert scaler.replicas("m") == 3
     assert scaler.trials == {"kept": 0, "reverted": 0}
+
+
+def test_past_capacity_a_replica_that_answers_more_stays_though_each_answer_still_takes_longer() -> None:
+    """Arrivals beyond the owner's capacity (open loop): the queue keeps growing, so
+    each request's time grows with or without the replica, but two workers answer
+    twice as many a second."""
+    scaler, run = _trial_scaler()
+    queue = iter(range(1_000_000))
+
+    def growing(replicas: int) -> float:
+        return 0.01 + next(queue) * 1e-5
+
+    run("m", 20, 13, growing, answers=lambda replicas: 10 * replicas)
+    assert scaler.replicas("m") == 3 and scaler.trials == {"kept": 2, "reverted": 0}
