@@ -97,7 +97,7 @@ class AdminService:
             models[name] = {
                 "preference_list": list(m.preference_list(name)),
                 "candidates": list(m.candidates(name)),
-                "home": m.homes.get(name),
+                "home": m.home(name),
                 "size": m.sizes.get(name, 0),
                 "replicas": self.replicas.replicas(name),
                 "resident_on": sorted(self.residency.on(name)),

@@ -248,8 +248,11 @@ class Balancer:
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
-            self.service.members.health.tick()
-            self.replicas.tick()
+            try:
+                self.service.members.health.tick()
+                self.replicas.tick()
+            except Exception:  # one bad tick must not end ejection expiry and replica scaling for good
+                log.exception("upkeep failed")
 
     def begin_drain(self) -> None:
         self.service.draining = True

@@ -14,10 +14,15 @@ workers not admitted, the model's placed home first), so a request costs
 dictionary lookups.
 
 Placement (``balancer.placement``): with the models' sizes from the index
-(``set_model_sizes``), each model's home is the first admitted worker in its
-ring order with memory left for it, so a worker is not given more models than
-its budget holds while another has room. With room everywhere the home is the
-ring owner.
+(``set_model_sizes``), each model's home is the first worker in its ring order
+with memory left for it, so a worker is not given more models than its budget
+holds while another has room. With room everywhere the home is the ring
+owner. Homes are placed over the members that are not drained, whatever this
+balancer's view of their health (probes and ejections are each balancer's
+own; membership and drains are what balancers share), and recomputed only
+when those members, their capacities or the sizes change: a worker ejected
+for a moment moves its own models to the next admitted worker in ring order,
+as without placement, and nobody else's.
 
 Panic threshold: when fewer than ``panic_threshold`` of the members (not
 counting drained ones) are admitted, ``panic`` is set and the router fails
@@ -86,6 +91,7 @@ class Members:
                 self.capacities[worker_id] = capacities[worker_id]
         self.ring.set_nodes({w: float(self.capacities.get(w, 0)) for w in self.addresses})
         self.health.sync(self.addresses)
+        self._place()
         self.readmit()
 
     def readmit(self) -> None:
@@ -100,7 +106,6 @@ class Members:
         self.shares.clear()
         self.shares.update((w, c / total) for w, c in weights.items())
         self._candidates.clear()
-        self._place()
         eligible = len(self.addresses) - len(self.drained)
         self.panic = eligible > 0 and len(admitted) < self.panic_threshold * eligible
 
@@ -108,16 +113,19 @@ class Members:
         """The models and their sizes (from the index); placement follows them."""
         if dict(sizes) != self.sizes:
             self.sizes = dict(sizes)
-            self._candidates.clear()
             self._place()
 
     def _place(self) -> None:
-        loads, ring = self.loads, self.ring
-        if not self.sizes or not loads:
+        """Each model's home over the members not drained (see the module docstring)."""
+        ring, drained = self.ring, self.drained
+        placed = {w: self.capacities.get(w, 0) for w in self.addresses if w not in drained}
+        if not self.sizes or not placed:
             self.homes = {}
-            return
-        capacities = {w: self.capacities.get(w, 0) for w in loads}
-        self.homes = place(self.sizes, lambda model: [w for w in ring.preference_list(model) if w in loads], capacities)
+        else:
+            self.homes = place(
+                self.sizes, lambda model: [w for w in ring.preference_list(model) if w not in drained], placed
+            )
+        self._candidates.clear()
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -140,14 +148,18 @@ class Members:
             loads = self.loads
             found = tuple(w for w in self.ring.preference_list(model) if w in loads) if loads else ()
             home = self.homes.get(model)
-            if home is not None and found and found[0] != home:
+            if home is not None and home in loads and found[0] != home:
                 found = (home, *(w for w in found if w != home))
             self._candidates[model] = found
         return found
 
+    def home(self, model: str) -> str:
+        """The model's home among the members: its placed home, else its ring owner."""
+        return self.homes.get(model) or self.ring.preference_list(model)[0]
+
     def owner_out(self, model: str) -> bool:
-        """Whether the model's owner on the whole ring is not admitted."""
-        return self.ring.preference_list(model)[0] not in self.loads
+        """Whether the model's home (placed, else its owner on the whole ring) is not admitted."""
+        return self.home(model) not in self.loads
 
     def begin(self, worker_id: str) -> None:
         self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
@@ -173,11 +185,13 @@ class Members:
     def drain(self, worker_id: str) -> None:
         """No new requests to this worker (those in flight finish)."""
         self.drained.add(worker_id)
+        self._place()
         self.readmit()
 
     def undrain(self, worker_id: str) -> None:
         self.drained.discard(worker_id)
         self._idle.pop(worker_id, None)
+        self._place()
         self.readmit()
 
     async def wait_idle(self, worker_id: str, within: float) -> bool:

@@ -134,7 +134,8 @@ class BalancerMetrics:
             self.registry.add(
                 CallbackCounter(
                     "affinity_replica_trials",
-                    "Replicas grown on trial, by outcome: kept (the model's mean time fell) or reverted.",
+                    "Replicas grown on trial, by outcome: kept (the model's answers came faster or more), "
+                    "reverted, or undecided (too few answers to judge: kept).",
                     ["outcome"],
                     trials,
                 )

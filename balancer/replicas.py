@@ -29,8 +29,12 @@ the model), over the next ``sustain`` seconds either the answers a second
 must be at least ``KEEP_GAIN`` higher or the mean time that much lower, or
 the model goes back to its previous count and may not grow again for a
 back-off (``cooldown``, doubling with each failed trial in a row, at most
-``MAX_BACKOFF``). With too few answers in either window to judge, the replica
-stays. Both, because load differs: with a fixed number of clients (closed
+``MAX_BACKOFF``). Only answers count (200s: failures and refusals are quick and
+would flatter a replica that sheds). With too few answers in either window to
+judge, the replica stays ("undecided"); when the index changes the model's
+count during a trial, the trial is dropped. Traffic that rises during a trial
+can keep a replica that did not pay; the cooldown removes it once the traffic
+falls. Both measures, because load differs: with a fixed number of clients (closed
 loop) a replica that adds capacity raises the rate and so lowers the mean
 time; with arrivals of their own (open loop) it shortens the queue and the
 time while the rate stays what arrives, and past capacity it raises the rate
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 KEEP_GAIN = 0.1  # a trial replica stays when the model's mean time fell by at least this share
 MIN_ANSWERS = 20  # answers a window needs before a trial can judge it
 MAX_BACKOFF = 600.0  # seconds, the longest wait after failed trials before a model may grow again
+_MAX_DOUBLINGS = 32  # failed trials counted in a row (the back-off has long reached MAX_BACKOFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +107,7 @@ class ReplicaScaler:
         self.inflight: dict[str, int] = {}  # per model, kept by the router
         self.counts: dict[str, int] = {}  # models above one replica (read by the policy)
         self.limits: dict[str, tuple[int, int]] = {}  # per-model (min, max) from the index
-        self.trials: dict[str, int] = {"kept": 0, "reverted": 0}  # outcomes (a metric)
+        self.trials: dict[str, int] = {"kept": 0, "reverted": 0, "undecided": 0}  # outcomes (a metric)
         self._loads: dict[str, _ModelLoad] = {}
         self._answered: dict[str, list[float]] = {}  # per model: [answers, seconds], running totals
 
@@ -110,7 +115,8 @@ class ReplicaScaler:
         self.inflight[model] = self.inflight.get(model, 0) + 1
 
     def end(self, model: str, seconds: float | None = None) -> None:
-        """A request of ``model`` is done; ``seconds``: how long it took (for trials)."""
+        """A request of ``model`` is done; ``seconds``: how long its answer took (for
+        trials; given only for a model's answer, not for a failure or a refusal)."""
         self.inflight[model] -= 1
         if seconds is not None:
             totals = self._answered.get(model)
@@ -129,9 +135,17 @@ class ReplicaScaler:
         self.limits = {m: (max(1, lo), max(lo, hi if hi is not None else default)) for m, (lo, hi) in limits.items()}
         for model, (lo, hi) in self.limits.items():
             current = min(max(self.replicas(model), lo), hi)
-            self._set(model, current)
+            if current != self.replicas(model):
+                self._set(model, current)
+                self._drop_trial(model)  # the index changed the count: nothing left to judge
         for model in [m for m in self.counts if m not in self.limits and self.counts[m] > default]:
             self._set(model, default)
+
+    def _drop_trial(self, model: str) -> None:
+        load = self._loads.get(model)
+        if load is not None and load.trial is not None:
+            load.trial = None
+            load.high_since, load.mark = None, None
 
     def _bounds(self, model: str) -> tuple[int, int]:
         return self.limits.get(model, (1, self.settings.max_replicas))
@@ -222,20 +236,23 @@ class ReplicaScaler:
         load.trial = None
         load.high_since, load.mark = None, None  # a further growth needs a hot window of its own
         measured = self._since(model, trial.mark, now)
-        (was_mean, was_rate), gain = trial.baseline, KEEP_GAIN
-        if measured is None or measured[0] <= was_mean * (1 - gain) or measured[1] >= was_rate * (1 + gain):
+        if measured is None:  # too few answers to judge: the replica stays
+            self.trials["undecided"] += 1
+            return
+        (was_mean, was_rate), (mean, rate), gain = trial.baseline, measured, KEEP_GAIN
+        if mean <= was_mean * (1 - gain) or rate >= was_rate * (1 + gain):
             load.failures = 0
             self.trials["kept"] += 1
             return
-        mean, rate = measured
-        lo, _ = self._bounds(model)
-        self._set(model, max(trial.before, lo))
-        load.failures += 1
+        lo, hi = self._bounds(model)
+        back = min(max(trial.before, lo), hi)
+        self._set(model, back)
+        load.failures = min(load.failures + 1, _MAX_DOUBLINGS)
         backoff = min(self.settings.cooldown * 2 ** (load.failures - 1), MAX_BACKOFF)
         load.retry_after = now + backoff
         self.trials["reverted"] += 1
         log.info(
             "model %s: a replica did not pay (%.1f ms and %.0f answers/s against %.1f and %.0f before): "
             "back to %d for %.0f s",
-            model, mean * 1e3, rate, was_mean * 1e3, was_rate, max(trial.before, lo), backoff,
+            model, mean * 1e3, rate, was_mean * 1e3, was_rate, back, backoff,
         )  # fmt: skip

@@ -161,6 +161,7 @@ class Router:
         self.active += 1
         tried: list[str] = []
         last: UpstreamResponse | None = None
+        answered = False  # a 200 from the model: the only outcome whose time a replica trial weighs
         try:
             while True:
                 members.begin(worker)
@@ -183,6 +184,7 @@ class Router:
                     if status == 200 and not self.residency.holds(model, worker):
                         self.residency.seen(model, worker, resp.headers.get("X-Model-Source"))  # type: ignore[union-attr]
                     metrics.route(decision)
+                    answered = status == 200
                     return resp, worker  # type: ignore[return-value]
                 expired = deadline is not None and time.monotonic() >= deadline
                 if resp is not None:
@@ -209,7 +211,7 @@ class Router:
                 decision = "retry"
         finally:
             self.active -= 1
-            self.replicas.end(model, time.perf_counter() - begun)
+            self.replicas.end(model, time.perf_counter() - begun if answered else None)
 
     @staticmethod
     def _give_up(last: UpstreamResponse | None, worker: str) -> tuple[UpstreamResponse, str]:

@@ -43,6 +43,7 @@ _BIG_ENDIAN = sys.byteorder == "big"
 # hold a 1.0 or a 0.0 somewhere needs the look at every element's type.
 _FLOAT_CODES = {"FP32": "f", "FP64": "d"}
 _ONE_OR_ZERO = {c: (struct.pack(f"<{c}", 1.0), struct.pack(f"<{c}", 0.0)) for c in _FLOAT_CODES.values()}
+_FAST_ELEMENTS = 1 << 16
 _FP16_OVERFLOW = 65520.0  # from here a float16 cast rounds to infinity (below it, to 65504)
 
 
@@ -105,15 +106,20 @@ def pack(datatype: str, values: list[Any], name: str) -> bytes:
 
 
 def _pack_floats(code: str, values: list[Any]) -> bytes | None:
-    """The little-endian bytes of FP32 or FP64 ``values`` when no element could be a
-    boolean; None (the general path decides, with its own errors) otherwise, or
-    when struct refuses a value (array casts an FP32 overflow to infinity)."""
+    """The little-endian bytes of FP32 or FP64 ``values`` when none is a boolean;
+    None (the general path decides, with its own errors) when one is, when struct
+    refuses a value (array casts an FP32 overflow to infinity), or for a tensor of
+    more than ``_FAST_ELEMENTS`` (struct takes its values as one argument tuple)."""
+    if len(values) > _FAST_ELEMENTS:
+        return None
     try:
         packed = struct.pack(f"<{len(values)}{code}", *values)
     except (OverflowError, TypeError, struct.error):
         return None
     one, zero = _ONE_OR_ZERO[code]
-    return None if one in packed or zero in packed else packed
+    if (one in packed or zero in packed) and bool in set(map(type, values)):
+        return None
+    return packed
 
 
 def _pack_fp16(values: list[Any]) -> bytes:

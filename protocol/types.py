@@ -138,8 +138,14 @@ class IndexEntry:
             tier=str(raw.get("tier", "")),
             min_replicas=int(raw.get("min_replicas") or 1),
             max_replicas=int(raw["max_replicas"]) if raw.get("max_replicas") is not None else None,
-            size=max(int(raw.get("size") or 0), 0),
+            size=_size(raw.get("size")),
         )
+
+
+def _size(raw: Any) -> int:
+    """A row's weight size; 0 (not known) unless a positive integer: a bad size must
+    not cost the balancer the rest of a worker's index."""
+    return raw if type(raw) is int and raw > 0 else 0
 
 
 @dataclass(slots=True, frozen=True)

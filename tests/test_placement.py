@@ -133,3 +133,29 @@ def test_each_model_stays_resident_when_the_ring_gives_one_worker_too_many(tmp_p
             balancer.proc.stop()
         for w in workers:
             w.proc.stop()
+
+
+def test_homes_follow_membership_and_drains_not_one_balancers_view_of_health() -> None:
+    """Ejection is each balancer's own: an ejected worker's models go to the next
+    admitted worker in ring order and nobody else's move; a drain, which every
+    balancer is told of, places again."""
+    from balancer.health import HealthBook, HealthSettings
+
+    workers = {w: WorkerAddress(f"http://{w}") for w in ("w1:1", "w2:2", "w3:3")}
+    members = Members(workers, HealthBook(HealthSettings(fall=1)), panic_threshold=0.9)
+    members.set_members(workers, dict.fromkeys(workers, 10))
+    models = [f"m{i}" for i in range(30)]
+    members.set_model_sizes(dict.fromkeys(models, 1))
+    homes = dict(members.homes)
+    out = "w1:1"
+    members.health.probe(out, False)
+    assert members.homes == homes, "placement ignores health"
+    for m in models:
+        candidates = members.candidates(m)
+        assert out not in candidates
+        if homes[m] != out:
+            assert candidates[0] == homes[m], "only the ejected worker's models go elsewhere"
+    assert members.panic and {m for m in models if members.owner_out(m)} == {m for m in models if homes[m] == out}
+    members.health.probe(out, True)
+    members.drain("w2:2")
+    assert "w2:2" not in members.homes.values(), "a drained worker is no one's home"

@@ -376,7 +376,7 @@ def test_a_replica_that_does_not_pay_goes_back_and_the_model_waits_before_trying
     assert scaler.replicas("m") == 2, "the trial settles, then measures"
     run("m", 20, 3, slower)
     assert scaler.replicas("m") == 1, "slower than before: back to one"
-    assert scaler.trials == {"kept": 0, "reverted": 1}
+    assert scaler.trials == {"kept": 0, "reverted": 1, "undecided": 0}
     run("m", 20, 4.5, slower)
     assert scaler.replicas("m") == 1, "no new trial within the back-off (the cooldown, 5 s)"
     run("m", 20, 3, slower)
@@ -398,14 +398,14 @@ def test_a_replica_that_pays_stays_and_the_next_one_gets_its_own_trial() -> None
 
     run("m", 20, 13, faster)
     assert scaler.replicas("m") == 3, "each growth kept, up to the cap"
-    assert scaler.trials == {"kept": 2, "reverted": 0}
+    assert scaler.trials == {"kept": 2, "reverted": 0, "undecided": 0}
 
 
 def test_without_trials_a_replica_stays_however_it_does() -> None:
     scaler, run = _trial_scaler(trial=False)
     run("m", 20, 13, lambda replicas: 0.005 * replicas)
     assert scaler.replicas("m") == 3
-    assert scaler.trials == {"kept": 0, "reverted": 0}
+    assert scaler.trials == {"kept": 0, "reverted": 0, "undecided": 0}
 
 
 def test_past_capacity_a_replica_that_answers_more_stays_though_each_answer_still_takes_longer() -> None:
@@ -419,4 +419,22 @@ def test_past_capacity_a_replica_that_answers_more_stays_though_each_answer_stil
         return 0.01 + next(queue) * 1e-5
 
     run("m", 20, 13, growing, answers=lambda replicas: 10 * replicas)
-    assert scaler.replicas("m") == 3 and scaler.trials == {"kept": 2, "reverted": 0}
+    assert scaler.replicas("m") == 3 and scaler.trials == {"kept": 2, "reverted": 0, "undecided": 0}
+
+
+def test_a_trial_ends_without_a_verdict_when_the_index_changes_the_count_and_a_revert_keeps_the_limits() -> None:
+    scaler, run = _trial_scaler()
+
+    def slower(replicas: int) -> float:
+        return 0.005 * replicas
+
+    run("m", 20, 2.5, slower)
+    assert scaler.replicas("m") == 2
+    scaler.set_limits({"m": (1, 1)})  # the model's config now says one replica at most
+    run("m", 20, 4.5, slower)
+    assert scaler.replicas("m") == 1 and scaler.trials == {"kept": 0, "reverted": 0, "undecided": 0}
+    scaler.set_limits({"m": (2, 3)})  # at least two now: a failed trial of the third goes back to two
+    run("m", 20, 2.5, slower)
+    assert scaler.replicas("m") == 3
+    run("m", 20, 4.5, slower)
+    assert scaler.replicas("m") == 2 and scaler.trials["reverted"] == 1

@@ -18,7 +18,7 @@ from balancer.replicas import ReplicaScaler
 from balancer.residency import Residency
 from balancer.router import Router, RouterSettings
 from balancer.transport import UpstreamResponse
-from protocol.errors import DeadlineExceeded, Overloaded, Unavailable
+from protocol.errors import DeadlineExceeded, Overloaded, Unavailable, UpstreamUnavailable
 
 WORKERS = ("a", "b", "c", "d")
 
@@ -157,8 +157,9 @@ def test_the_deadline_cuts_tries_and_a_cut_try_counts_for_nothing() -> None:
     assert router.metrics.retries_denied.labels("deadline").value == 1
 
 
-def test_each_request_tells_the_replica_scaler_how_long_it_took() -> None:
-    """What a replica's trial judges by: every request's time, retries included."""
+def test_each_answer_tells_the_replica_scaler_how_long_it_took_and_failures_do_not() -> None:
+    """What a replica's trial judges by: each answer's time, retries included; a
+    failure or a refusal (quick, and no sign of speed) is not counted."""
     router = make(eject_after=5)
     transport: FakeTransport = router.transport  # type: ignore[assignment]
     model = next(f"m{i}" for i in range(500) if router.members.preference_list(f"m{i}")[0] == "a")
@@ -167,4 +168,10 @@ def test_each_request_tells_the_replica_scaler_how_long_it_took() -> None:
         assert asyncio.run(router.send(model, "POST", "/infer"))[0].status == 200
     answers, seconds = router.replicas.answered(model)
     assert answers == 3 and seconds > 0
+    transport.answers = dict.fromkeys(WORKERS, 500)
+    assert asyncio.run(router.send(model, "POST", "/infer"))[0].status == 500
+    transport.answers = dict.fromkeys(WORKERS, "reset")
+    with pytest.raises(UpstreamUnavailable):
+        asyncio.run(router.send(model, "POST", "/infer"))
+    assert router.replicas.answered(model) == (answers, seconds)
     assert router.replicas.inflight[model] == 0
