@@ -6,6 +6,7 @@ Rows (all with wrk, one thread, the same connections and the same request):
   balancer, cache hit         the same request, answered from the cache
   balancer miss -> static     Cache-Control: no-cache, in front of the same
                               static backend: the balancer's own miss-path cost
+  ..., 2 processes            the same, `affinity balancer --processes 2`
   nginx proxy -> workers      nginx hashing by model in front of real workers
   balancer miss -> workers    no-cache, in front of the same workers
   direct -> worker            the model's owner, no proxy at all
@@ -26,11 +27,13 @@ import orjson
 
 from cli.bench.outputs import wrk_outputs
 from cli.up import Cluster, UpOptions, example_requests, free_port, http_status, wait_ready
+from common.process import stop
 from loadgen import nginx, wrk
 
 GOALS = {
     "balancer, cache hit": ("nginx proxy -> static", 1.0),
     "balancer miss -> static": ("nginx proxy -> static", 0.5),
+    "balancer miss -> static, 2 processes": ("nginx proxy -> static", 0.5),
     "balancer miss -> workers": ("nginx proxy -> workers", 0.5),
 }
 
@@ -88,6 +91,15 @@ def run_overhead(duration: float, connections: int, models: Path | None, out: Pa
             _expect(_post(front_url, body, no_cache)[1].get("X-Served-By") == static[7:], "balancer -> static")
             results["nginx proxy -> static"] = wrk.run(static_proxy, body, duration, connections)
             results["balancer miss -> static"] = wrk.run(front_url, body, duration, connections, no_cache)
+            # The same with two balancer processes sharing the port (--processes 2): where it starts to pay.
+            port2 = free_port()
+            args2 = ["balancer", "--workers", static, "--port", str(port2), "--grpc-port", "0", "--processes", "2"]
+            front2 = cluster.spawn("balancer", [*args2, "--log-level", "WARNING"])
+            wait_ready(f"http://127.0.0.1:{port2}/v2/health/ready", front2)
+            two = f"http://127.0.0.1:{port2}{path}"
+            _expect(_post(two, body, no_cache)[1].get("X-Served-By") == static[7:], "balancer x2 -> static")
+            results["balancer miss -> static, 2 processes"] = wrk.run(two, body, duration, connections, no_cache)
+            stop([front2])
         else:
             print("nginx is not installed: skipping the nginx rows (Debian: apt-get install nginx)", file=sys.stderr)
         results["balancer, cache hit"] = wrk.run(endpoint + path, body, duration, connections)
