@@ -72,7 +72,7 @@ class Members:
         self.drained: set[str] = set()
         self.panic = False
         self.sizes: dict[str, int] = {}  # bytes of each model's weights, from the index
-        self.homes: dict[str, str] = {}  # each model's placed home among the admitted workers
+        self.homes: dict[str, str] = {}  # each model's placed home among the members not drained
         self._candidates: dict[str, tuple[str, ...]] = {}
         self._idle: dict[str, asyncio.Event] = {}  # drained workers someone waits on
         self.set_members(workers or {})

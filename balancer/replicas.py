@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-KEEP_GAIN = 0.1  # a trial replica stays when the model's mean time fell by at least this share
+KEEP_GAIN = 0.1  # a trial replica stays when the answers a second rose, or the mean time fell, by this share
 MIN_ANSWERS = 20  # answers a window needs before a trial can judge it
 MAX_BACKOFF = 600.0  # seconds, the longest wait after failed trials before a model may grow again
 _MAX_DOUBLINGS = 32  # failed trials counted in a row (the back-off has long reached MAX_BACKOFF)
