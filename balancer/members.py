@@ -73,6 +73,7 @@ class Members:
         self.panic = False
         self.sizes: dict[str, int] = {}  # bytes of each model's weights, from the index
         self.homes: dict[str, str] = {}  # each model's placed home among the members not drained
+        self._placed_over: dict[str, int] | None = None  # the members (and capacities) homes were placed over
         self._candidates: dict[str, tuple[str, ...]] = {}
         self._idle: dict[str, asyncio.Event] = {}  # drained workers someone waits on
         self.set_members(workers or {})
@@ -113,12 +114,18 @@ class Members:
         """The models and their sizes (from the index); placement follows them."""
         if dict(sizes) != self.sizes:
             self.sizes = dict(sizes)
-            self._place()
+            self._place(force=True)
 
-    def _place(self) -> None:
-        """Each model's home over the members not drained (see the module docstring)."""
+    def _place(self, force: bool = False) -> None:
+        """Each model's home over the members not drained (see the module docstring);
+        nothing to do unless they, their capacities or (``force``) the sizes changed:
+        discovery applies the same members every few seconds, and placing 10,000
+        models over 10 workers takes ~45 ms of the event loop."""
         ring, drained = self.ring, self.drained
         placed = {w: self.capacities.get(w, 0) for w in self.addresses if w not in drained}
+        if not force and placed == self._placed_over:
+            return
+        self._placed_over = placed
         if not self.sizes or not placed:
             self.homes = {}
         else:
