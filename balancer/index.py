@@ -104,7 +104,7 @@ class ModelIndex:
             if resp.status != 200:
                 return None
             return [(worker_id, IndexEntry.from_json(row)) for row in orjson.loads(resp.body)]
-        except (UpstreamError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        except (UpstreamError, KeyError, TypeError, AttributeError, ValueError):  # ValueError: bad JSON too
             return None
 
     async def _refresh(self) -> None:

@@ -87,14 +87,13 @@ class _Trial:
 
 
 class _ModelLoad:
-    __slots__ = ("average", "failures", "high_since", "low_since", "mark", "retry_after", "sampled", "trial")
+    __slots__ = ("average", "failures", "hot", "low_since", "retry_after", "sampled", "trial")
 
     def __init__(self, now: float) -> None:
         self.average = 0.0
         self.sampled = now
-        self.high_since: float | None = None
+        self.hot: Mark | None = None  # taken when the load became high (its clock: since when)
         self.low_since: float | None = None
-        self.mark: Mark | None = None  # when the load became high
         self.trial: _Trial | None = None
         self.failures = 0  # failed trials in a row
         self.retry_after = 0.0  # no growth before this time (after a failed trial)
@@ -145,7 +144,7 @@ class ReplicaScaler:
         load = self._loads.get(model)
         if load is not None and load.trial is not None:
             load.trial = None
-            load.high_since, load.mark = None, None
+            load.hot = None
 
     def _bounds(self, model: str) -> tuple[int, int]:
         return self.limits.get(model, (1, self.settings.max_replicas))
@@ -202,17 +201,17 @@ class ReplicaScaler:
             load.low_since = None
             if now < load.retry_after:
                 return  # a replica did not pay here lately
-            if load.high_since is None:
-                load.high_since, load.mark = now, self._mark(model, now)
-            elif now - load.high_since >= s.sustain:
+            if load.hot is None:
+                load.hot = self._mark(model, now)
+            elif now - load.hot[2] >= s.sustain:
                 self._set(model, replicas + 1)
-                baseline = self._since(model, load.mark, now)
-                load.high_since, load.mark = now, self._mark(model, now)  # the next one needs its own sustained load
+                baseline = self._since(model, load.hot, now)
+                load.hot = self._mark(model, now)  # the next one needs its own sustained load
                 log.info("model %s is hot: %d replicas (%.1f in flight)", model, replicas + 1, load.average)
                 if s.trial and baseline is not None:
                     load.trial = _Trial(replicas, baseline, now + s.sustain, now + 2 * s.sustain)
             return
-        load.high_since = None
+        load.hot = None
         if replicas > lo and load.average < s.grow_at * (replicas - 1) / 2:
             if load.low_since is None:
                 load.low_since = now
@@ -234,7 +233,7 @@ class ReplicaScaler:
         if now < trial.ends:
             return
         load.trial = None
-        load.high_since, load.mark = None, None  # a further growth needs a hot window of its own
+        load.hot = None  # a further growth needs a hot window of its own
         measured = self._since(model, trial.mark, now)
         if measured is None:  # too few answers to judge: the replica stays
             self.trials["undecided"] += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,8 +82,13 @@ def run_overhead(duration: float, connections: int, models: Path | None, out: Pa
             stack.callback(proxy.stop)
             static = f"http://127.0.0.1:{proxy.static_port}"
             port = free_port()
-            args = ["balancer", "--workers", static, "--port", str(port), "--grpc-port", "0", "--log-level", "WARNING"]
-            front = cluster.spawn("balancer", args)
+
+            def balancer(at: int, *extra: str) -> subprocess.Popen[bytes]:
+                """A balancer in front of the static backend on port ``at``."""
+                args = ["balancer", "--workers", static, "--port", str(at), "--grpc-port", "0", *extra]
+                return cluster.spawn("balancer", [*args, "--log-level", "WARNING"])
+
+            front = balancer(port)
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", front)
             static_proxy = f"http://127.0.0.1:{proxy.static_proxy_port}{path}"
             front_url = f"http://127.0.0.1:{port}{path}"
@@ -93,8 +99,7 @@ def run_overhead(duration: float, connections: int, models: Path | None, out: Pa
             results["balancer miss -> static"] = wrk.run(front_url, body, duration, connections, no_cache)
             # The same with two balancer processes sharing the port (--processes 2): where it starts to pay.
             port2 = free_port()
-            args2 = ["balancer", "--workers", static, "--port", str(port2), "--grpc-port", "0", "--processes", "2"]
-            front2 = cluster.spawn("balancer", [*args2, "--log-level", "WARNING"])
+            front2 = balancer(port2, "--processes", "2")
             wait_ready(f"http://127.0.0.1:{port2}/v2/health/ready", front2)
             two = f"http://127.0.0.1:{port2}{path}"
             _expect(_post(two, body, no_cache)[1].get("X-Served-By") == static[7:], "balancer x2 -> static")
