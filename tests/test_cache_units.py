@@ -159,6 +159,25 @@ def test_shifted_fields_are_told_apart_by_the_framing() -> None:
     assert _key(two, weights="") != _key(two, version="", weights="1")
 
 
+def test_the_key_is_blake2b_over_length_framed_fields_whatever_scope_came_before() -> None:
+    """The stored keys' format, computed here from its definition (cache/keys.py's
+    docstring): a change to it would strand every answer already in Redis. Scopes are
+    interleaved because each key continues a copy of its scope's digest."""
+    from hashlib import blake2b
+
+    def expected(model: str, weights: str) -> str:
+        header = {"inputs": [["a", "UINT8", [1], None]], "outputs": None, "parameters": None}
+        fields = [b"", model.encode(), b"1", weights.encode(), orjson.dumps(header, option=orjson.OPT_SORT_KEYS)]
+        digest = blake2b(digest_size=16, person=b"affinity-key-v2")
+        for part in [*fields, b"\x07"]:
+            digest.update(struct.pack("<Q", len(part)) + part)
+        return f"affinity:v2:{model}:{{{digest.hexdigest()}}}"
+
+    one = {"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [7]}]}
+    for model, weights in [("m", "w0"), ("n", "w1"), ("m", "w0"), ("m", "w1"), ("n", "w1")]:
+        assert _key(one, model=model, weights=weights) == expected(model, weights)
+
+
 def test_the_key_keeps_the_model_readable_and_tags_its_digest() -> None:
     key = _key(model="mlp-00")
     assert key.startswith("affinity:v2:mlp-00:{") and key.endswith("}")
@@ -293,6 +312,27 @@ def test_an_entry_keeps_its_expiry_across_processes() -> None:
     assert abs(back.expires - answer.expires) < 1
     expired = CachedAnswer(b'{"outputs":[]}', "w:1", expires=time.monotonic() - 1)
     assert CachedAnswer.from_bytes(expired.to_bytes()).expired(time.monotonic())
+
+
+def test_key_memo_digests_a_body_once_for_the_lookup_and_the_remembering(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cache.keys
+
+    digests: list[int] = []
+    real = cache.keys.blake2b
+
+    def counted(data: bytes, **kwargs: Any) -> Any:
+        digests.append(len(data))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(cache.keys, "blake2b", counted)
+    memo = KeyMemo(inline_body=100)
+    body = b"x" * 1000
+    first = memo.ref(body)
+    assert memo.ref(body) == first and len(digests) == 1, "the same request's body is digested once"
+    twin = bytes(bytearray(body))  # equal bytes, another object: digested, and the same ref
+    assert twin is not body and memo.ref(twin) == first and len(digests) == 2
+    other = b"x" * 999 + b"y"
+    assert memo.ref(other) != first and memo.ref(body) == first and len(digests) == 4
 
 
 def test_key_memo_remembers_bodies_without_ids() -> None:
