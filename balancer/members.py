@@ -15,9 +15,9 @@ dictionary lookups.
 
 Placement (``balancer.placement``): with the models' sizes from the index
 (``set_model_sizes``), each model's home is the first worker in its ring order
-with memory left for it, so a worker is not given more models than its budget
-holds while another has room. With room everywhere the home is the ring
-owner. Homes are placed over the members that are not drained, whatever this
+with room for it (its fair share of the models' bytes and its memory), so no
+worker is given more models than its share or its budget holds while another
+has room. Homes are placed over the members that are not drained, whatever this
 balancer's view of their health (probes and ejections are each balancer's
 own; membership and drains are what balancers share), and recomputed only
 when those members, their capacities or the sizes change: a worker ejected

@@ -175,6 +175,12 @@ def start_balancer(workers: list[Server], logdir: Path, *extra: str) -> Server:
     return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 
+def home(balancer: Server, model: str) -> str:
+    """The worker a balancer has placed ``model`` on (its ``/admin/cluster``): the one
+    it goes to while healthy, the ring's first candidate only when placement agrees."""
+    return str(request(balancer.url, "GET", "/admin/cluster").json()["models"][model]["home"])
+
+
 @dataclass
 class RedisServer:
     logdir: Path

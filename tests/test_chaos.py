@@ -15,7 +15,7 @@ from pathlib import Path
 
 from balancer.ring import HashRing
 from tests.conftest import ZOO_MODELS
-from tests.harness import Server, private_cluster, request, start_worker, wait_until
+from tests.harness import Server, home, private_cluster, request, start_worker, wait_until
 from tests.metrics_text import metric_sum
 from tests.reference import infer_body, sample_inputs
 
@@ -66,8 +66,8 @@ def test_sigkill_one_of_three_during_a_burst(zoo: Path, logdir: Path) -> None:
     args = ("--policy", "consistent", "--health-interval", "0.3", "--ejection-time", "1", "--max-ejection-time", "1")
     with private_cluster(zoo, logdir, 3, *args) as (workers, balancer):
         ring = HashRing(w.id for w in workers)
-        victim = next(w for w in workers if ring.preference_list("mlp-00")[0] == w.id)
-        owned = [m for m in ZOO_MODELS if ring.preference_list(m)[0] == victim.id]
+        victim = next(w for w in workers if home(balancer, "mlp-00") == w.id)
+        owned = [m for m in ZOO_MODELS if home(balancer, m) == victim.id]
         with burst(balancer, zoo, list(ZOO_MODELS), 240) as result:
             victim.proc.kill(signal.SIGKILL)
         statuses = Counter(status for status, _ in result["outcomes"])
@@ -96,7 +96,7 @@ def test_sigstop_moves_requests_by_per_try_timeout_and_ejects_until_it_answers(z
     with private_cluster(zoo, logdir, 3, *args) as (workers, balancer):
         ring = HashRing(w.id for w in workers)
         model = "mlp-00"
-        victim = next(w for w in workers if ring.preference_list(model)[0] == w.id)
+        victim = next(w for w in workers if home(balancer, model) == w.id)
         next_owner = next(w for w in ring.preference_list(model) if w != victim.id)
         assert infer(balancer, zoo, model) == (200, victim.id)
         victim.proc.kill(signal.SIGSTOP)
@@ -118,8 +118,7 @@ def test_sigstop_moves_requests_by_per_try_timeout_and_ejects_until_it_answers(z
 
 def test_drain_during_a_burst_loses_nothing(zoo: Path, logdir: Path) -> None:
     with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
-        ring = HashRing(w.id for w in workers)
-        victim = next(w for w in workers if ring.preference_list("mlp-00")[0] == w.id)
+        victim = next(w for w in workers if home(balancer, "mlp-00") == w.id)
         with burst(balancer, zoo, ["mlp-00"], 200) as result:
             drained = request(balancer.url, "POST", f"/admin/workers/{victim.id}/drain", b"")
             assert drained.status == 200 and drained.json()["drained"] is True
@@ -156,7 +155,7 @@ def test_a_spill_lands_on_a_worker_that_holds_the_model(zoo: Path, logdir: Path)
     model = "transformer-02"
     args = ("--policy", "affinity", "--max-replicas", "1", "--balance-factor", "1.25")
     with private_cluster(zoo, logdir, 3, *args) as (workers, balancer):
-        order = HashRing(w.id for w in workers).preference_list(model)
+        order = cluster(balancer)["models"][model]["candidates"]  # its home first, then ring order
         owner, _successor, holder = order
         url = {w.id: w.url for w in workers}
         body = infer_body(sample_inputs(zoo, model, 1, 7))

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from balancer.ring import HashRing
 from loadgen.report import Report
 from tests.chaos_load import LoadRun, migrate_queued_connections, summary
-from tests.harness import RedisServer, Server, request, start_balancer, start_worker, wait_until
+from tests.harness import RedisServer, Server, home, request, start_balancer, start_worker, wait_until
 from tests.metrics_text import metric_sum
 from tests.test_chaos import scrape, state
 from tests.test_processes import balancers_of, listening
@@ -95,8 +94,8 @@ def no_failures(report: Report) -> None:
 
 
 def owner_index(chaos: Chaos, model: str) -> int:
-    """The worker that owns ``model`` on the ring (it has requests to lose)."""
-    owner = HashRing(w.id for w in chaos.workers).preference_list(model)[0]
+    """The worker ``model`` is placed on (it has requests to lose)."""
+    owner = home(chaos.balancer, model)
     return next(i for i, w in enumerate(chaos.workers) if w.id == owner)
 
 

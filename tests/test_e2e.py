@@ -12,7 +12,7 @@ import pytest
 
 from balancer.ring import HashRing
 from tests.conftest import ZOO_MODELS
-from tests.harness import RedisServer, Server, request, wait_until
+from tests.harness import RedisServer, Server, home, request, wait_until
 from tests.metrics_text import metric_sum
 from tests.reference import infer_body, run_reference, sample_inputs
 
@@ -47,10 +47,12 @@ def test_outputs_equal_direct_torch(balancer: Server, zoo: Path, model: str) -> 
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_each_model_lands_on_its_ring_owner(balancer: Server, workers: list[Server], zoo: Path) -> None:
+def test_each_model_lands_on_its_home(balancer: Server, workers: list[Server], zoo: Path) -> None:
     ring = HashRing(w.id for w in workers)
     owners = set()
     for model in ZOO_MODELS:
+        placed = home(balancer, model)
+        assert placed in ring.preference_list(model)
         served_by = set()
         for _ in range(4):
             body = infer_body(sample_inputs(zoo, model, 1, next(_seeds)))
@@ -58,7 +60,7 @@ def test_each_model_lands_on_its_ring_owner(balancer: Server, workers: list[Serv
             assert resp.status == 200
             assert resp.headers["x-cache"] == "bypass"
             served_by.add(resp.headers["x-served-by"])
-        assert served_by == {ring.preference_list(model)[0]}
+        assert served_by == {placed}
         owners |= served_by
     assert owners <= {w.id for w in workers}
 

@@ -1,21 +1,19 @@
-"""A worker dies: requests for its models go to the next worker on the ring."""
+"""A worker dies: requests for the models placed on it go to the next worker on the ring."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 
-from balancer.ring import HashRing
 from tests.conftest import ZOO_MODELS
-from tests.harness import private_cluster, request, start_worker, wait_until
+from tests.harness import home, private_cluster, request, start_worker, wait_until
 from tests.reference import infer_body, sample_inputs
 
 
 def test_killed_worker_models_move_to_next_owner(zoo: Path, logdir: Path) -> None:
     with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
-        ring = HashRing(w.id for w in workers)
         victim = workers[0]
-        owned = [m for m in ZOO_MODELS if ring.preference_list(m)[0] == victim.id] or ["mlp-00"]
+        owned = [m for m in ZOO_MODELS if home(balancer, m) == victim.id] or ["mlp-00"]
         survivor = workers[1]
 
         victim.proc.kill(signal.SIGKILL)
@@ -51,7 +49,7 @@ def test_worker_stopped_during_a_burst_loses_no_request(zoo: Path, logdir: Path)
 
     with private_cluster(zoo, logdir, 2, "--policy", "consistent") as (workers, balancer):
         model = "mlp-00"
-        victim = next(w for w in workers if HashRing(x.id for x in workers).preference_list(model)[0] == w.id)
+        victim = next(w for w in workers if home(balancer, model) == w.id)
         bodies = [infer_body(sample_inputs(zoo, model, 1, seed)) for seed in range(400)]
         sent = threading.Event()
 

@@ -31,8 +31,13 @@ def test_the_balancer_learns_worker_ids_from_the_workers(zoo: Path, logdir: Path
         by_name = [Server(w.proc, w.url.replace("127.0.0.1", "localhost")) for w in workers]
         balancers.append(start_balancer(by_name, logdir, "--policy", "consistent").wait_ready())
         ring = HashRing(["alpha", "beta"])
+        clusters = [request(b.url, "GET", "/admin/cluster").json() for b in balancers]
+        homes = [{m: info["home"] for m, info in c["models"].items()} for c in clusters]
+        assert homes[0] == homes[1], "same ids, same ring, same homes"
         for seed, model in enumerate(ZOO_MODELS):
-            assert {_served_by(b, zoo, model, seed) for b in balancers} == {ring.preference_list(model)[0]}
+            home = clusters[0]["models"][model]["home"]
+            assert home in ring.preference_list(model), "a home is one of the model's ring candidates"
+            assert {_served_by(b, zoo, model, seed) for b in balancers} == {home}
     finally:
         for s in balancers + workers:
             s.proc.stop()

@@ -1,6 +1,7 @@
-"""Memory-aware placement: a model's home is the first worker on its ring order
-with memory left for it. Pure properties first, then a real two-worker cluster
-whose ring gives one worker more models than its budget holds."""
+"""Placement: a model's home is the first worker on its ring order with room for
+it (its fair share of the models' bytes, and its memory). Pure properties first,
+then a real two-worker cluster whose ring gives one worker more models than its
+budget holds."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from balancer.members import Members, WorkerAddress
-from balancer.placement import place
+from balancer.placement import BALANCE_SLACK, place
 from balancer.ring import HashRing
 from tests.harness import Server, request, start_balancer, start_worker
 from tests.metrics_text import metric_sum
@@ -24,13 +25,36 @@ worker_ids = st.lists(st.text("abcdefgh0123456789:.", min_size=1, max_size=12), 
 model_sizes = st.dictionaries(st.from_regex(r"m[0-9]{1,3}", fullmatch=True), st.integers(0, 1000), max_size=40)
 
 
-@given(workers=worker_ids, sizes=model_sizes)
-def test_with_room_for_everything_every_home_is_the_ring_owner(workers: list[str], sizes: dict[str, int]) -> None:
+@given(workers=worker_ids, models=st.lists(st.from_regex(r"m[0-9]{1,3}", fullmatch=True), max_size=40))
+def test_models_of_unknown_size_stay_with_their_ring_owners(workers: list[str], models: list[str]) -> None:
     ring = HashRing(workers)
-    unbounded = place(sizes, ring.preference_list, dict.fromkeys(workers, 0))
-    roomy = place(sizes, ring.preference_list, dict.fromkeys(workers, sum(sizes.values())))
-    owners = {m: ring.preference_list(m)[0] for m in sizes}
-    assert unbounded == owners and roomy == owners
+    homes = place(dict.fromkeys(models, 0), ring.preference_list, dict.fromkeys(workers, 0))
+    assert homes == {m: ring.preference_list(m)[0] for m in models}
+
+
+@given(workers=worker_ids, roomy=st.booleans(), data=st.data())
+def test_no_worker_is_given_more_than_its_fair_share_when_no_model_is_large(
+    workers: list[str], roomy: bool, data: st.DataObject
+) -> None:
+    """Shares by capacity (unknown, 0, counts as the smallest known): where every
+    model is within a share's slack, first fit always finds a worker under its
+    bound (if all were over it, more than the total would be placed), so the
+    busiest worker holds at most 10% past its share, however the ring falls."""
+    count = data.draw(st.integers(40, 60)) * len(workers)  # each model within a tenth of the smallest share
+    sizes = {f"m{i}": data.draw(st.integers(50, 100)) for i in range(count)}
+    total = sum(sizes.values())
+    capacities = {w: data.draw(st.sampled_from([0, 1, 2])) * (10 * total + 1) for w in workers} if roomy else {}
+    capacities = capacities or dict.fromkeys(workers, 0)
+    known = [c for c in capacities.values() if c > 0]
+    weights = {w: c or min(known, default=1) for w, c in capacities.items()}
+    share = {w: total * weights[w] / sum(weights.values()) for w in workers}
+    assume(max(sizes.values()) <= BALANCE_SLACK * min(share.values()))
+    homes = place(sizes, HashRing(workers).preference_list, capacities)
+    placed = Counter[str]()
+    for model, home in homes.items():
+        placed[home] += sizes[model]
+    assert set(homes) == set(sizes)
+    assert all(placed[w] <= (1 + BALANCE_SLACK) * share[w] for w in workers), (placed, share)
 
 
 @given(workers=worker_ids, sizes=model_sizes, data=st.data())
@@ -64,12 +88,22 @@ def test_two_balancers_with_the_same_index_place_alike(workers: list[str], sizes
 @settings(max_examples=50)
 @given(a=st.text("abcdef0123456789", min_size=1, max_size=8), b=st.text("ghijk0123456789", min_size=1, max_size=8))
 def test_twelve_equal_models_split_six_and_six_whatever_the_ring_says(a: str, b: str) -> None:
-    """The throughput bench's case: budgets holding six and a half models each."""
+    """The throughput bench's cases: budgets holding six and a half models each, and
+    budgets holding every model (where only the fair share bounds a worker)."""
     a, b = f"a-{a}", f"b-{b}"
     ring = HashRing([a, b])
     sizes = {f"m{i}": 3 << 20 for i in range(12)}
-    homes = place(sizes, ring.preference_list, {a: 13 * (3 << 20) // 2, b: 13 * (3 << 20) // 2})
-    assert Counter(homes.values()) == {a: 6, b: 6}
+    for budget in (13 * (3 << 20) // 2, 64 << 20, 0):
+        homes = place(sizes, ring.preference_list, {a: budget, b: budget})
+        assert Counter(homes.values()) == {a: 6, b: 6}, budget
+
+
+def test_a_worker_with_twice_the_memory_is_given_twice_the_models() -> None:
+    ring = HashRing(["big:1", "small:2", "small:3"])
+    sizes = {f"m{i}": 100 for i in range(40)}
+    homes = place(sizes, ring.preference_list, {"big:1": 8000, "small:2": 4000, "small:3": 4000})
+    given = Counter(homes.values())
+    assert 18 <= given["big:1"] <= 22 and all(9 <= given[w] <= 11 for w in ("small:2", "small:3")), given
 
 
 def test_members_put_the_placed_home_first_then_ring_order() -> None:
