@@ -171,6 +171,7 @@ class KeyMemo:
         self._keys: dict[tuple[KeyScope, bytes], str] = {}
         self._last: tuple[bytes, bytes] = (b"", b"")  # (body, ref): one tuple, so a reader never pairs
         # one body with another's ref (``ref`` may run in a thread)
+        self.last_limit = 128 << 10  # a larger body is digested once anyway (off the loop): not kept alive here
 
     def ref(self, body: bytes) -> bytes:
         """The memo's handle of ``body``. A miss asks twice for the same body object (the
@@ -182,7 +183,8 @@ class KeyMemo:
         if last_body is body:
             return last_ref
         ref = blake2b(body, digest_size=16, person=b"affinity-memo").digest()
-        self._last = (body, ref)
+        if len(body) <= self.last_limit:
+            self._last = (body, ref)
         return ref
 
     def get(self, scope: KeyScope, ref: bytes) -> str | None:

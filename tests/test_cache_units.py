@@ -333,6 +333,10 @@ def test_key_memo_digests_a_body_once_for_the_lookup_and_the_remembering(monkeyp
     assert twin is not body and memo.ref(twin) == first and len(digests) == 2
     other = b"x" * 999 + b"y"
     assert memo.ref(other) != first and memo.ref(body) == first and len(digests) == 4
+    memo.last_limit = 500  # a body past it is not kept alive to spare a second digest
+    large = bytes(bytearray(body))
+    assert memo.ref(large) == memo.ref(large) == first
+    assert len(digests) == 6 and memo._last[0] is not large
 
 
 def test_key_memo_remembers_bodies_without_ids() -> None:
