@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,10 +26,59 @@ READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
 
 
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+LOWEST_PORT = 10000  # below the ephemeral range, but above the well-known services' ports
+_handed: dict[int, None] = {}  # ports this process handed out lately, oldest first
+_HANDED_LIMIT = 4096
+_random = random.Random()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to now, for a child process to listen on.
+
+    Taken below the system's ephemeral range where there is room: the kernel
+    gives every outgoing connection a local port from that range, so a port
+    chosen inside it (what binding to port 0 gives) can be taken by a client
+    socket before the child binds it, and the child fails with "address already
+    in use" (seen in CI under load). A port handed out lately is not handed out
+    again."""
+    low = _ephemeral_low()
+    if low - LOWEST_PORT >= 1024:
+        for _ in range(200):
+            port = _random.randrange(LOWEST_PORT, low)
+            if port not in _handed and _bindable(host, port):
+                return _hand(port)
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed:
+            break
+    return _hand(port)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open(EPHEMERAL_RANGE) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _hand(port: int) -> int:
+    _handed[port] = None
+    if len(_handed) > _HANDED_LIMIT:
+        del _handed[next(iter(_handed))]
+    return port
 
 
 def check_port_free(host: str, port: int) -> None:

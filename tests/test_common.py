@@ -144,3 +144,21 @@ def test_cpu_lists_and_worker_shares() -> None:
     assert [worker_cpus(i, 2, 2) for i in range(2)] == ["0", "1"]
     assert [worker_cpus(i, 2, 8) for i in range(2)] == ["0-3", "4-7"]
     assert [worker_cpus(i, 3, 2) for i in range(3)] == ["0", "1", "0"], "more workers than cores share them"
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    """An outgoing connection takes its local port from the ephemeral range: a port a
+    child is about to listen on must not come from there (CI once lost a worker to a
+    client socket that took its port first)."""
+    import socket
+
+    from common.process import LOWEST_PORT, _ephemeral_low, free_port
+
+    low = _ephemeral_low()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    if low - LOWEST_PORT >= 1024:
+        assert all(LOWEST_PORT <= p < low for p in ports), (low, min(ports), max(ports))
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
