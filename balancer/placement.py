@@ -45,8 +45,8 @@ def place(
     slack: float = BALANCE_SLACK,
 ) -> dict[str, str]:
     """Model -> its home worker. ``sizes``: bytes of each model's weights (0: not
-    known, fits anywhere); ``preference``: a model's workers in ring order (the
-    admitted ones); ``capacities``: every admitted worker and the bytes it may be
+    known, fits anywhere); ``preference``: a model's workers in ring order (those
+    placed over); ``capacities``: every worker placed over and the bytes it may be
     given (0: no bound); ``slack``: how far past its fair share a worker may be filled."""
     bounds = fair_bounds(capacities, sum(sizes.values()), slack)
     placed: dict[str, int] = {}
@@ -64,11 +64,16 @@ def place(
     return homes
 
 
-def fair_bounds(capacities: Mapping[str, int], total: int, slack: float) -> dict[str, float]:
-    """Each worker's fair share of ``total`` bytes, times 1 + ``slack``: shares by
-    capacity, a worker whose capacity is not known counted as the smallest known."""
+def capacity_weights(capacities: Mapping[str, int]) -> dict[str, float]:
+    """Each worker's weight: its capacity, or where not known (0) the smallest known
+    (the bounded-load rule's shares and placement's fair shares)."""
     fallback = min((c for c in capacities.values() if c > 0), default=1)
-    weights = {w: float(c or fallback) for w, c in capacities.items()}
+    return {w: float(c or fallback) for w, c in capacities.items()}
+
+
+def fair_bounds(capacities: Mapping[str, int], total: int, slack: float) -> dict[str, float]:
+    """Each worker's fair share of ``total`` bytes, by ``capacity_weights``, times 1 + ``slack``."""
+    weights = capacity_weights(capacities)
     whole = sum(weights.values())
     if not whole or not total:
         return {}
