@@ -12,11 +12,15 @@ run on uvloop where installed.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +89,25 @@ async def _drain_then_stop(app: Application, drain_delay: float) -> None:
     # Not ready but still serving, so load balancers and Kubernetes stop sending first.
     await asyncio.sleep(drain_delay)
     await app.stop()
+
+
+def exit_promptly(code: int) -> NoReturn:
+    """End a process whose work is done, without the interpreter's teardown.
+
+    A process that imported torch spends ~0.9 s after its last line (a worker,
+    measured 2026-12-02): ~0.6 s in the interpreter's final garbage collection over
+    every object torch's import made, ~0.3 s in libtorch's static destructors. A
+    stop, a rolling restart and every CLI command waited for it. Nothing of ours
+    needs it: the atexit callbacks (logging's flush, temporary directories'
+    finalizers) run here, then the standard streams are flushed, and the process
+    ends. Where another Python thread is still running, the normal exit runs
+    instead, so that thread is joined as it would have been.
+    """
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
