@@ -28,7 +28,7 @@ from typing import Any
 
 from common.process import free_port
 from tests.deploy_files import compose
-from tests.harness import Proc, RedisServer, Server
+from tests.harness import Proc, RedisServer, Server, stop_all
 
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 TOKEN = "compose-test-" + os.urandom(8).hex()
@@ -210,6 +210,5 @@ def compose_cluster(tmp: Path, logdir: Path, s3_endpoint: str, dns_server: int) 
         rewrite.addresses["balancer:8000"] = balancer.id
         yield Cluster(services, envs, zoo, models, balancer, workers, s3_endpoint, job.stdout, rewrite)
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(reversed(procs))  # the balancer first; the drains (5 s in the compose file) overlap
         redis.stop()

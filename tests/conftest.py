@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.harness import RedisServer, Server, private_cluster, start_balancer, start_worker
+from tests.harness import RedisServer, Server, private_cluster, start_balancer, start_worker, stop_all
 from worker.zoo import make_identities, make_model, make_zoo
 
 ZOO_MODELS = ("mlp-00", "cnn-01", "transformer-02", "logreg-03")
@@ -59,8 +59,7 @@ def workers(zoo: Path, logdir: Path) -> Iterator[list[Server]]:
             w.wait_ready()
         yield started
     finally:
-        for w in started:
-            w.proc.stop()
+        stop_all(w.proc for w in started)
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +79,7 @@ def redis_balancers(workers: list[Server], redis_server: RedisServer, logdir: Pa
     try:
         yield [s.wait_ready() for s in started]
     finally:
-        for s in started:
-            s.proc.stop()
+        stop_all(s.proc for s in started)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +78,10 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None  # variables added to the clean environment (PYTHONPATH, ...)
+    terminated: bool = False  # SIGTERM sent: a second one would cut the drain short
 
     def start(self) -> Proc:
+        self.terminated = False
         with self.log.open("ab") as log:
             self.popen = spawn(self.args, output=log, extra_env=self.env)
         return self
@@ -100,12 +102,18 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
-        self.popen.send_signal(signal.SIGTERM)
+        self.signal_stop()
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+    def signal_stop(self) -> None:
+        """SIGTERM without waiting: ``stop_all`` lets several drain at once."""
+        if self.popen is not None and self.popen.poll() is None and not self.terminated:
+            self.terminated = True
+            self.popen.send_signal(signal.SIGTERM)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -230,6 +238,16 @@ class RedisServer:
             self.proc.stop()
 
 
+def stop_all(procs: Iterable[Proc]) -> None:
+    """Stop several processes, their drains overlapping (a front first in ``procs``
+    still gets its signal first); each is killed if it outlives ``Proc.stop``'s bound."""
+    procs = list(procs)
+    for proc in procs:
+        proc.signal_stop()
+    for proc in procs:
+        proc.stop()
+
+
 @contextlib.contextmanager
 def private_cluster(
     models: Path,
@@ -248,10 +266,7 @@ def private_cluster(
         balancer = start_balancer(started, logdir, *balancer_args).wait_ready()
         yield started, balancer
     finally:
-        if balancer is not None:
-            balancer.proc.stop()
-        for w in started:
-            w.proc.stop()
+        stop_all([*([balancer.proc] if balancer is not None else []), *(w.proc for w in started)])
 
 
 @dataclass

@@ -89,8 +89,9 @@ def test_identical_requests_over_two_balancers_run_once(
 def test_a_new_version_or_new_weights_are_never_answered_from_an_old_entry(slow_zoo: Path, logdir: Path) -> None:
     args = {"in_features": 64, "hidden": [32], "out_features": 10}
     _new_version(slow_zoo, "m", "1", 1, args)
-    worker = start_worker(slow_zoo, logdir).wait_ready()
-    balancer = start_balancer([worker], logdir).wait_ready()
+    # Rescans and index refreshes each second (10 s by default): the test waits for both twice.
+    worker = start_worker(slow_zoo, logdir, "--rescan-interval", "1").wait_ready()
+    balancer = start_balancer([worker], logdir, "--index-refresh", "1").wait_ready()
     try:
         body = infer_body(sample_inputs(slow_zoo, "m", 1, seed=5))
         first = infer(balancer, "m", body)
