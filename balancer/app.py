@@ -48,7 +48,7 @@ from cache.response_cache import ResponseCache
 from common.grpc_server import GrpcListener
 from common.heap_trim import HeapTrimmer
 from common.http_server import HttpServer
-from common.lifecycle import serve_until_signalled
+from common.lifecycle import freeze_start_up_objects, serve_until_signalled
 from common.loop_lag import LoopLag
 from common.rest import render_error
 from common.shared_metrics import SharedMetrics
@@ -161,6 +161,7 @@ class Balancer:
         self._tasks.add(task)
 
     async def start(self) -> None:
+        freeze_start_up_objects()  # before it listens
         await self.service.rules.start()
         shared = self.config.processes > 1
         if shared:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -89,6 +90,20 @@ async def _drain_then_stop(app: Application, drain_delay: float) -> None:
     # Not ready but still serving, so load balancers and Kubernetes stop sending first.
     await asyncio.sleep(drain_delay)
     await app.stop()
+
+
+def freeze_start_up_objects() -> None:
+    """Put what the process made before serving out of the garbage collector's reach.
+
+    The objects of the imports (torch's above all) and of a worker's warm-up live
+    until exit, yet each full collection would scan them again while holding the
+    GIL: ~290,000 objects and ~110 ms in a worker, 20-50 ms in the balancer and
+    the load generator (2026-12-02, counted with ``gc.callbacks``). Frozen, a
+    full collection scans only what was made since. Collected first, so no garbage
+    is kept for good. Called once, before the process serves or sends.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def exit_promptly(code: int) -> NoReturn:

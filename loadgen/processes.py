@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from common.lifecycle import freeze_start_up_objects
 from loadgen.clients import make_client
 from loadgen.clients.base import InferClient
 from loadgen.config import LoadConfig
@@ -57,6 +58,7 @@ def run_here(config: LoadConfig, target: Target, tick: Tick | None = None) -> Ru
     """The whole run in this process."""
     client, source = prepare(config, target)
     engine = Engine(config, client, source)
+    freeze_start_up_objects()  # the generator's own full collections stall its sends less
     return run_async(engine.run(time.monotonic() + START_DELAY, tick))
 
 
@@ -64,6 +66,7 @@ def _child(index: int, config: LoadConfig, target: Target, messages: Any, go: An
     try:
         client, source = prepare(config, target)
         engine = Engine(config, client, source)
+        freeze_start_up_objects()
         messages.put(("ready", index, None))
         if not go.wait(READY_TIMEOUT):
             return

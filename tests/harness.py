@@ -173,13 +173,13 @@ def start_worker(
     return Server(proc, f"http://{host}:{port}", f"{host}:{grpc_port}")
 
 
-def start_balancer(workers: list[Server], logdir: Path, *extra: str) -> Server:
+def start_balancer(workers: list[Server], logdir: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     """A balancer over these workers (none: give a discovery flag in ``extra``)."""
     port, grpc_port = free_port(), free_port()
     urls = ("--workers", ",".join(w.url for w in workers)) if workers else ()
     args = affinity("balancer", *urls, "--port", str(port), "--grpc-port", str(grpc_port))
     args += ["--index-refresh", "2", *extra]
-    proc = Proc(f"balancer-{port}", args, logdir / f"balancer-{port}.log").start()
+    proc = Proc(f"balancer-{port}", args, logdir / f"balancer-{port}.log", env=env).start()
     return Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 

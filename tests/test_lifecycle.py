@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Server, private_cluster, request, start_worker, wait_until
+from tests.harness import Server, private_cluster, request, start_balancer, start_worker, stop_all, wait_until
+from tests.reference import infer_body, sample_inputs
 
 
 def _second_signal_forces_exit(server: Server) -> None:
@@ -84,22 +85,46 @@ def test_a_finished_process_skips_the_teardown_but_not_its_exit_callbacks(tmp_pa
     assert (tmp_path / "thread").exists() == (how == "thread")
 
 
-def test_a_stopped_worker_exits_without_the_interpreters_teardown(zoo: Path, logdir: Path, tmp_path: Path) -> None:
-    # A witness loaded into the worker at start-up (sitecustomize) that only the teardown finalizes.
-    (tmp_path / "sitecustomize.py").write_text(
-        "import atexit\nfrom pathlib import Path\n"
-        f"OUT = Path({str(tmp_path)!r})\n"
-        "atexit.register(lambda: (OUT / 'atexit').write_text('ran'))\n"
-        "class Witness:\n"
-        "    def __del__(self):\n"
-        "        (OUT / 'teardown').write_text('ran')\n"
-        "KEEP = Witness()\n"
-    )
-    worker = start_worker(zoo, logdir, env={"PYTHONPATH": str(tmp_path)}).wait_ready()
+_PROBE = """
+import atexit, gc, os
+from pathlib import Path
+OUT = Path({out!r})
+atexit.register(lambda: (OUT / f"frozen-{{os.getpid()}}").write_text(str(gc.get_freeze_count())))
+
+
+class Witness:
+    def __del__(self):  # runs when the interpreter tears its modules down
+        (OUT / f"teardown-{{os.getpid()}}").write_text("ran")
+
+
+KEEP = Witness()
+"""
+
+
+def _probe(directory: Path) -> dict[str, str]:
+    """The environment of a process that reports, at exit, how many objects it had
+    frozen and whether the interpreter's teardown ran (loaded at start-up as sitecustomize,
+    so a child of it reports too, under its own pid: the balancer's key process)."""
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(_PROBE.format(out=str(directory)))
+    return {"PYTHONPATH": str(directory)}
+
+
+def test_both_processes_freeze_their_start_up_and_exit_without_the_teardown(
+    zoo: Path, logdir: Path, tmp_path: Path
+) -> None:
+    worker = start_worker(zoo, logdir, env=_probe(tmp_path / "worker")).wait_ready()
+    balancer = start_balancer([worker], logdir, env=_probe(tmp_path / "balancer")).wait_ready()
     try:
-        worker.proc.kill(signal.SIGTERM)
-        assert worker.proc.popen is not None and worker.proc.popen.wait(20) == 0
-        assert "stopped" in worker.proc.log_tail()
-        assert (tmp_path / "atexit").exists() and not (tmp_path / "teardown").exists()
+        body = infer_body(sample_inputs(zoo, "mlp-00", 1, seed=1))
+        assert request(balancer.url, "POST", "/v2/models/mlp-00/infer", body).status == 200
+        for server in (balancer, worker):
+            server.proc.kill(signal.SIGTERM)
+            assert server.proc.popen is not None and server.proc.popen.wait(20) == 0
+            assert "stopped" in server.proc.log_tail()
+        for name, server, least in (("worker", worker, 100_000), ("balancer", balancer, 10_000)):
+            # What imports and a worker's warm-up made is out of every later full collection's scan.
+            assert int((tmp_path / name / f"frozen-{server.proc.pid}").read_text()) > least, name
+            assert not (tmp_path / name / f"teardown-{server.proc.pid}").exists(), f"the {name} had a teardown"
     finally:
-        worker.proc.stop()
+        stop_all([balancer.proc, worker.proc])

@@ -19,7 +19,7 @@ import logging
 from common.grpc_server import GrpcListener
 from common.heap_trim import HeapTrimmer
 from common.http_server import HttpServer
-from common.lifecycle import serve_until_signalled
+from common.lifecycle import freeze_start_up_objects, serve_until_signalled
 from common.loop_lag import LoopLag
 from common.process import parse_cpus, pin_to
 from common.registration import Heartbeat, Registration
@@ -64,6 +64,7 @@ class Worker:
         except BaseException:
             await self.stop()
             raise
+        freeze_start_up_objects()  # after the warm-up, before the first request
         service.ready = True
         self._lag = asyncio.get_running_loop().create_task(LoopLag(service.metrics.registry).run())
         trimmer = HeapTrimmer(service.metrics.registry, self.config.heap_trim_interval)
