@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from balancer.policy import DEFAULT_BALANCE_FACTOR, DEFAULT_COLD_SPILL_SLACK, POLICIES
 from cli import bench as bench_cli
@@ -269,7 +270,7 @@ def _run_models_make(args: argparse.Namespace) -> int:
     return 0
 
 
-def entry() -> None:
+def entry() -> NoReturn:
     """The console script: ``main``, then the process ends without the interpreter's
     teardown (``common.lifecycle.exit_promptly``: ~0.9 s once torch was imported)."""
     from common.lifecycle import exit_promptly

@@ -97,7 +97,7 @@ def freeze_start_up_objects() -> None:
 
     The objects of the imports (torch's above all) and of a worker's warm-up live
     until exit, yet each full collection would scan them again while holding the
-    GIL: ~290,000 objects and ~110 ms in a worker, 20-50 ms in the balancer and
+    GIL: ~298,000 objects and ~110 ms in a worker, 20-50 ms in the balancer and
     the load generator (2026-12-02, counted with ``gc.callbacks``). Frozen, a
     full collection scans only what was made since. Collected first, so no garbage
     is kept for good. Called once, before the process serves or sends.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,9 +74,6 @@ exit_promptly(3)
 
 @pytest.mark.parametrize("how", ["prompt", "normal", "thread"])
 def test_a_finished_process_skips_the_teardown_but_not_its_exit_callbacks(tmp_path: Path, how: str) -> None:
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", _PROGRAM, str(tmp_path), how], cwd=root,
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
