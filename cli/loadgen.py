@@ -83,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         **({} if args.seed is None else {"seed": args.seed}),
     )
+    from common.lifecycle import freeze_start_up_objects
     from loadgen.target import TargetError
 
+    freeze_start_up_objects()  # this process is the generator: its full collections stall its sends less
     try:
         if args.sweep:
             from loadgen.sweep import parse_rates, run_sweep

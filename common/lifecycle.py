@@ -100,7 +100,11 @@ def freeze_start_up_objects() -> None:
     GIL: ~298,000 objects and ~110 ms in a worker, 20-50 ms in the balancer and
     the load generator (2026-12-02, counted with ``gc.callbacks``). Frozen, a
     full collection scans only what was made since. Collected first, so no garbage
-    is kept for good. Called once, before the process serves or sends.
+    is kept for good. Called once, before the process serves or sends, and only by
+    a process's own entry, never by code a test may run in its process: a frozen
+    object that later becomes part of a garbage cycle is never collected, nor what
+    that cycle holds (a test of the GPU tier's device memory saw this when the load
+    generator, run in pytest's process, froze it).
     """
     gc.collect()
     gc.freeze()

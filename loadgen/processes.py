@@ -58,7 +58,6 @@ def run_here(config: LoadConfig, target: Target, tick: Tick | None = None) -> Ru
     """The whole run in this process."""
     client, source = prepare(config, target)
     engine = Engine(config, client, source)
-    freeze_start_up_objects()  # the generator's own full collections stall its sends less
     return run_async(engine.run(time.monotonic() + START_DELAY, tick))
 
 
@@ -66,7 +65,7 @@ def _child(index: int, config: LoadConfig, target: Target, messages: Any, go: An
     try:
         client, source = prepare(config, target)
         engine = Engine(config, client, source)
-        freeze_start_up_objects()
+        freeze_start_up_objects()  # a child of its own: its full collections stall its sends less
         messages.put(("ready", index, None))
         if not go.wait(READY_TIMEOUT):
             return
