@@ -176,10 +176,25 @@ def test_directory_store_and_a_disk_cache_that_keeps_its_budget(published: Path,
         assert _cached(cache_dir) == ["mlp-00/1", "transformer-02/1"]  # mlp stayed: it is in use
         disk = manager.snapshot().tier("disk")
         assert disk is not None and disk.used <= budget
-        # Everything left on disk is in use (resident in memory): no room, and nothing deleted.
+        # Everything left on disk is resident in memory; transformer is idle there, so it
+        # leaves memory and then the disk to make room, and the leased mlp stays.
+        cnn_lease = await manager.acquire(cnn)
+        assert cnn_lease.source == "remote"
+        assert _cached(cache_dir) == ["cnn-01/1", "mlp-00/1"]
+        assert manager.residency(transformer) is None and manager.residency(mlp) == "cpu"
+        # Both files now serve leased models: no room, nothing deleted, until a release.
         with pytest.raises(Overloaded):
-            await manager.acquire(cnn)
+            await manager.acquire(transformer, max_wait=0.2)
+        assert _cached(cache_dir) == ["cnn-01/1", "mlp-00/1"]
+        waiting = asyncio.create_task(manager.acquire(transformer, max_wait=10))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        cnn_lease.release()
+        (await waiting).release()
         assert _cached(cache_dir) == ["mlp-00/1", "transformer-02/1"]
+        assert manager.residency(mlp) == "cpu" and manager.residency(cnn) is None
+        disk = manager.snapshot().tier("disk")
+        assert disk is not None and disk.used <= budget
         held.release()
         await manager.close()
 

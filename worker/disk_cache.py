@@ -9,8 +9,11 @@ one atomic rename; a failed or partial download is deleted and never listed.
 The budget counts the manifest's bytes: the download reserves them first and
 makes room by deleting the least valuable cached versions (by the tier's
 eviction policy) that are not in use. "In use" is the manager's answer: a
-version resident in memory, being paged in, or pinned. Accounting lives on the
-event loop; file I/O runs in a pool.
+version resident in memory, being paged in, or pinned. When only versions in
+use could make room, the download raises ``DiskFull`` (a 503), which the
+manager answers by dropping idle models from memory (their files then may go)
+or by waiting for a release. Accounting lives on the event loop; file I/O runs
+in a pool.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ TRASH = ".trash-"
 
 class CorruptDownload(ModelUnavailable):
     """What arrived does not match the manifest."""
+
+
+class DiskFull(Overloaded):
+    """Room for ``size`` bytes is held by versions in use (resident in memory, loading, pinned)."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class DiskCache:
@@ -106,6 +117,14 @@ class DiskCache:
                 _remove(self._path(victim))
             self._tier.add(key, size, cost=0.0)
 
+    def could_take(self, size: int) -> bool:
+        """Whether a download of ``size`` bytes would find room among versions not in use."""
+        return self._tier.plan(size, lambda k: not self._in_use(k)) is not None
+
+    def held(self) -> list[Key]:
+        """The cached versions (any order)."""
+        return list(self._tier.sizes)
+
     def path(self, key: Key) -> Path | None:
         """Where a cached version lies, or None (no I/O)."""
         if key in self._tier.sizes:
@@ -148,7 +167,7 @@ class DiskCache:
             raise ModelTooLarge(f"{where} needs {size} bytes, more than the disk cache's budget of {self._tier.budget}")
         victims = self._tier.plan(size, lambda k: not self._in_use(k))
         if victims is None:
-            raise Overloaded(f"{where}: the disk cache is full of models in use")
+            raise DiskFull(f"{where}: the disk cache is full of models in use", size)
         doomed = []
         for victim in victims:
             self._tier.remove(victim, evicted=True)

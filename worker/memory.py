@@ -14,10 +14,12 @@ weights' header), so the manager reserves them first, evicting by the tier's
 policy among models not in use, not pinned and not awaited; no tier ever holds
 more than its budget, loads in flight included. A GPU victim is demoted to the
 CPU tier when that has room (its host mapping is kept, so demotion copies
-nothing), else dropped; a CPU victim is dropped (its file stays on disk). When
-what could make room is in use, ``acquire`` waits for a release, then gives up
-with Overloaded. A CPU-resident model that fits the GPU tier is promoted on
-its next ``acquire`` when room can be made there; otherwise it serves from CPU.
+nothing), else dropped; a CPU victim is dropped (its file stays on disk). A
+download that finds the disk cache full of resident models' files drops idle
+ones from memory so their files can go. When what could make room is in use,
+``acquire`` waits for a release, then gives up with Overloaded. A CPU-resident
+model that fits the GPU tier is promoted on its next ``acquire`` when room can
+be made there; otherwise it serves from CPU.
 
 Errors, all ProtocolErrors with their status:
     ModelTooLarge   507  larger than every memory budget: disk is where it waits, not where it runs
@@ -34,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +45,8 @@ from typing import Generic, TypeVar
 from common.singleflight import SingleFlight
 from protocol.errors import ModelTooLarge, ModelUnavailable, NotFound, Overloaded, ProtocolError
 from worker.device import Device
-from worker.disk_cache import DiskCache
-from worker.eviction import POLICIES, make_policy
+from worker.disk_cache import DiskCache, DiskFull
+from worker.eviction import POLICIES, Candidate, make_policy
 from worker.leases import Lease, Resident
 from worker.paging import Key, Pager, describe
 from worker.tiers import CPU, DISK, GPU, REMOTE, MemoryObserver, MemorySnapshot, NullObserver, Tier, snapshot_of
@@ -174,7 +176,7 @@ class MemoryManager(Generic[M]):
             if directory is None:
                 if self._disk is None:
                     raise NotFound(f"unknown model '{key[0]}' version {key[1]}")
-                directory, source = await self._disk.fetch(key), REMOTE
+                directory, source = await self._fetch(self._disk, key, deadline), REMOTE
             size, on_device = await self._measure(key, directory)
             tier = await self._reserve(key, size, deadline, on_device)
             try:
@@ -217,6 +219,39 @@ class MemoryManager(Generic[M]):
             raise ModelUnavailable(reason) from exc
         finally:
             self._paging.discard(key)
+
+    async def _fetch(self, disk: DiskCache, key: Key, deadline: float) -> Path:
+        """Download into the disk cache. A resident model's file stays on disk while it
+        is in memory (the weights are mapped from it), so when only those files could
+        make room, idle ones leave memory first, least worth keeping first; when every
+        one is in use, wait for a release (Overloaded at the deadline)."""
+        while True:
+            try:
+                return await disk.fetch(key)
+            except DiskFull as full:
+                if not self._free_disk(disk, full.size):
+                    await self._room_changed(key, deadline)
+
+    def _free_disk(self, disk: DiskCache, size: int) -> bool:
+        """Drop idle models whose files are in the disk cache from memory, in each tier's
+        eviction order, until a download of ``size`` bytes would find room."""
+        for tier in (self._cpu, self._gpu):
+            if tier is None:
+                continue
+            on_disk = set(disk.held())
+            idle: dict[Hashable, Key] = {k: k for k in tier.sizes if k in on_disk and self._evictable(k)}
+            candidates = [Candidate(k, tier.sizes[k]) for k in idle.values()]
+            for victim in tier.policy.victims(candidates, sum(c.size for c in candidates)):
+                if disk.could_take(size):
+                    return True
+                resident = self._models[idle[victim]]
+                tier.remove(resident.key, evicted=True)
+                self._observer.evicted(resident.key, tier.name)
+                resident.device_copy = None
+                del self._models[resident.key]
+                log.info("evicted model %s version %s from %s: its disk cache file must make room", *resident.key,
+                         tier.name)  # fmt: skip
+        return disk.could_take(size)
 
     def _locate(self, key: Key) -> tuple[Path | None, str]:
         directory = self._repository(key)
