@@ -98,6 +98,9 @@ def _routing(scenarios: argparse._SubParsersAction) -> None:
     f.add("--balance-factor", "the balancers' --balance-factor (0: their default)", type=float, default=0.0)
     f.add("--cold-spill-slack", "the balancers' --cold-spill-slack (-1: their default)", type=int, default=-1)
     f.add("--scenarios", "comma-separated scenarios: zipf, skew", default="zipf,skew")
+    f.add("--source", "where loads come from: repository (the page cache) or remote (a file:// store "
+          "through a disk cache as small as the memory budget)", choices=("repository", "remote"),
+          default="repository")  # fmt: skip
     f.add("--out", "directory for the reports and the table", type=Path, default="results/bench-routing")
 
     def run(args: argparse.Namespace) -> int:
@@ -114,6 +117,7 @@ def _routing(scenarios: argparse._SubParsersAction) -> None:
         return run_routing(
             args.duration, args.warmup, args.rate, args.skew_rate, args.workers, policies, args.models,
             args.zoo_count, args.out, args.seed, args.balance_factor, args.cold_spill_slack, scenarios,
+            args.source,
         )  # fmt: skip
 
     p.set_defaults(run=run)

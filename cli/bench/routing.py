@@ -18,6 +18,13 @@ so a worker that sees every model (round-robin, least-loaded) keeps paging
 them in and out; the cluster's memory together (1.5x the zoo with three
 workers) holds every model once when each model stays on its owners, which is
 what affinity is for.
+
+Where a load comes from (``--source``): ``repository`` (default) pages from
+the zoo's directory, so a load reads the page cache; ``remote`` publishes the
+zoo to a ``file://`` remote store and gives each worker only the store and a
+local disk cache of its own, also half the zoo (``--disk-cache``), so a model
+that left both tiers is fetched again (copied and its sha256 checked), as a
+worker that pages from S3 with a bounded disk does, minus the network.
 """
 
 from __future__ import annotations
@@ -64,7 +71,15 @@ class BenchCluster:
     """Workers and one balancer as child processes, logs in ``logdir``."""
 
     def __init__(
-        self, models: Path, workers: int, budget: int, policy: str, logdir: Path, balancer_args: tuple[str, ...] = ()
+        self,
+        models: Path,
+        workers: int,
+        budget: int,
+        policy: str,
+        logdir: Path,
+        balancer_args: tuple[str, ...] = (),
+        store: str | None = None,
+        disk_root: Path | None = None,
     ) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[object] = []
@@ -72,8 +87,13 @@ class BenchCluster:
         urls = []
         for i in range(workers):
             port = free_port()
-            args = ["worker", "--models", str(models), "--port", str(port), "--grpc-port", "0"]
+            args = ["worker", "--port", str(port), "--grpc-port", "0"]
             args += ["--threads", str(threads), "--cpu-memory", str(budget), "--log-level", "WARNING"]
+            if store is None:
+                args += ["--models", str(models)]
+            else:  # the store alone, and a disk cache of this worker's own as small as its memory
+                disk = (disk_root or logdir) / f"{policy}-disk-{i}"
+                args += ["--remote-store", store, "--disk-cache-dir", str(disk), "--disk-cache", str(budget)]
             urls.append(f"http://127.0.0.1:{port}")
             self._spawn(args, logdir / f"{policy}-worker-{i}.log")
         for url, proc in zip(urls, self.procs, strict=True):
@@ -131,6 +151,7 @@ def run_routing(
     balance_factor: float = 0.0,
     cold_spill_slack: int = -1,
     scenarios: tuple[str, ...] = tuple(SCENARIOS),
+    source: str = "repository",
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     balancer_args: tuple[str, ...] = ("--balance-factor", f"{balance_factor:g}") if balance_factor > 0 else ()
@@ -144,10 +165,18 @@ def run_routing(
             make_zoo(models, count=zoo_count, min_size=8 << 20, max_size=32 << 20)
         total = zoo_bytes(models)
         budget = total // 2
+        store = None
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-disk-")))
+        if source == "remote":
+            from worker.publish import open_writer, publish
+
+            store = (scratch / "store").as_uri()
+            publish(models, open_writer(store))
         rows = []
         for scenario in scenarios:
             for policy in policies:
-                cluster = BenchCluster(models, workers, budget, policy, out, balancer_args)
+                disk_root = scratch / scenario
+                cluster = BenchCluster(models, workers, budget, policy, out, balancer_args, store, disk_root)
                 try:
                     scenario_rate = rate if scenario == "zipf" else skew_rate
                     row = load_run(
@@ -163,7 +192,7 @@ def run_routing(
                     flush=True,
                 )
     text = report(
-        rows, workers, budget, total, duration, warmup, rate, skew_rate, seed, balance_factor, cold_spill_slack
+        rows, workers, budget, total, duration, warmup, rate, skew_rate, seed, balance_factor, cold_spill_slack, source
     )
     for path in write_outputs(rows, text, out):
         print(f"wrote {path}")
@@ -259,8 +288,11 @@ def report(
     seed: int,
     balance_factor: float = 0.0,
     cold_spill_slack: int = -1,
+    source: str = "repository",
 ) -> str:
     memory = f"{budget / 2**20:.0f} MiB each"
+    if source == "remote":
+        memory += ", loads from a file:// remote store through a disk cache of as much"
     factor = f", --balance-factor {balance_factor:g}" if balance_factor > 0 else ""
     factor += f", --cold-spill-slack {cold_spill_slack}" if cold_spill_slack >= 0 else ""
     lines = [
