@@ -25,6 +25,7 @@ import orjson
 
 from cli.flags import Flags, names
 from protocol.types import TensorSpec
+from worker.model_config import QUANTIZE_MODES
 
 FROM_PT2_HELP = (
     "convert a torch.export archive (.pt2) you trust and made yourself: loading one can run code it carries "
@@ -58,6 +59,8 @@ def add_parsers(msub: argparse._SubParsersAction) -> None:
     add.add_argument("--cache-ttl", type=float, help="seconds an answer stays cached")
     add.add_argument("--no-warmup", action="store_true", help="workers skip the warm-up forward after loading")
     add.add_argument("--pinned", action="store_true", help="once loaded, never evicted")
+    add.add_argument("--quantize", choices=QUANTIZE_MODES,
+                     help="opt in to INT8 weights for Linear layers (answers within quantization error)")  # fmt: skip
     add.add_argument(
         "--allow-code", type=names, default=(), help="packages the check may import (default: the one named)"
     )
@@ -182,6 +185,7 @@ def _add(
         **({"cache_ttl": args.cache_ttl} if args.cache_ttl is not None else {}),
         "warmup": not args.no_warmup,
         "pinned": args.pinned,
+        **({"quantize": args.quantize} if args.quantize else {}),
     }
     try:
         config = ModelConfig.from_json(raw)

@@ -115,6 +115,9 @@ def test_add_refuses_what_would_not_load_and_leaves_nothing(tmp_path: Path) -> N
     done = affinity("models", "add", "digits", "--models", repo, "--onnx", tmp_path / "digits.onnx",
                     "--version", "3", check=False)  # fmt: skip
     assert done.returncode == 1 and "version 3 exists already" in done.stderr
+    done = affinity("models", "add", "digits", "--models", repo, "--onnx", tmp_path / "digits.onnx",
+                    "--quantize", "int8", check=False)  # fmt: skip
+    assert done.returncode == 1 and "quantize applies to safetensors models" in done.stderr
     assert sorted(p.name for p in (repo / "digits").iterdir()) == ["3"]
 
 

@@ -1,7 +1,8 @@
 """The one pager the memory manager loads every format through.
 
     format        weights file         built by                                   device tier
-    safetensors   model.safetensors    a built-in architecture, or allowed code   yes (mapped host copy kept)
+    safetensors   model.safetensors    a built-in architecture, or allowed code   yes (mapped host copy kept);
+                                                                                 no with "quantize": "int8"
     onnx          model.onnx           onnxruntime (the graph is in the file)     no: serves from the CPU tier
                                        (charged what its session holds: not shared)
 
@@ -78,4 +79,5 @@ class ModelPager:
         return model.config.pinned
 
     def device_capable(self, key: Key, directory: Path) -> bool:
-        return read_config(describe(key), directory).format == "safetensors"
+        config = read_config(describe(key), directory)
+        return config.format == "safetensors" and config.quantize is None

@@ -15,6 +15,7 @@
       "cache_ttl": 600,                   # seconds an answer stays cached (default: the balancer's)
       "warmup": true,                     # run one synthetic inference after loading
       "pinned": false,                    # once loaded, never evicted from memory
+      "quantize": "int8",                 # opt-in: Linear layers' weights in INT8 (worker.quantize)
       "replicas": {"min": 1, "max": 4}    # how many workers a hot model may spread over (balancer)
     }
 
@@ -37,6 +38,7 @@ from protocol.datatypes import DATATYPES
 from protocol.types import TensorSpec
 from worker.errors import InvalidModelConfig
 
+QUANTIZE_MODES = ("int8",)  # worker.quantize's (config parsing needs no torch)
 # Each format's one weights file in a version's directory.
 WEIGHTS_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
 CODE_PREFIX = "python:"
@@ -61,6 +63,7 @@ class ModelConfig:
     min_replicas: int = 1
     max_replicas: int | None = None  # None: the balancer's default
     format: str = "safetensors"
+    quantize: str | None = None  # "int8": the owner accepts INT8 weights' answers (worker.quantize)
 
     @property
     def weights_file(self) -> str:
@@ -86,6 +89,7 @@ class ModelConfig:
             "warmup": self.warmup,
             "pinned": self.pinned,
             **({"replicas": self._replicas_json()} if self.min_replicas > 1 or self.max_replicas is not None else {}),
+            **({"quantize": self.quantize} if self.quantize is not None else {}),
         }
 
     def _replicas_json(self) -> dict[str, int]:
@@ -112,6 +116,7 @@ class ModelConfig:
                 pinned=bool(raw.get("pinned", False)),
                 min_replicas=min_replicas,
                 max_replicas=max_replicas,
+                quantize=str(raw["quantize"]) if raw.get("quantize") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidModelConfig(f"config.json is missing or has a bad field: {exc}") from None
@@ -129,6 +134,11 @@ class ModelConfig:
             names = [spec.name for spec in specs]
             if len(set(names)) != len(names):
                 raise InvalidModelConfig(f"config.json names an {group} twice")
+        if config.quantize is not None:
+            if config.quantize not in QUANTIZE_MODES:
+                raise InvalidModelConfig(f"unknown quantize '{config.quantize[:32]}': use {', '.join(QUANTIZE_MODES)}")
+            if config.format != "safetensors":
+                raise InvalidModelConfig("quantize applies to safetensors models (an onnx graph is quantized offline)")
         if config.cache_ttl is not None and not config.cache_ttl > 0:
             raise InvalidModelConfig("cache_ttl must be a positive number of seconds")
         if config.max_batch_size < 0:

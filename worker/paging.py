@@ -28,6 +28,7 @@ from worker.device import Device
 from worker.interface import InterfaceMismatch, check_outputs, synthetic_rows
 from worker.interface import synthetic_inputs as declared_inputs
 from worker.loader import copy_module, load_module_from, read_config
+from worker.quantize import quantize_module
 from worker.runner import LoadedModel
 from worker.weights import InvalidWeights, read_weights_info
 
@@ -85,10 +86,16 @@ class TorchPager:
         where = describe(key)
         config = read_config(where, directory)
         module = load_module_from(where, config, directory / config.weights_file, self.code)
+        if config.quantize == "int8":
+            module = quantize_module(module)
         return LoadedModel(key[0], key[1], config, module)
 
     def to_device(self, key: Key, model: LoadedModel, device: Device) -> LoadedModel:
         assert isinstance(model.module, torch.nn.Module)
+        if model.config.quantize is not None:
+            raise ModelUnavailable(
+                f"{describe(key)}: a model with {model.config.quantize} weights serves from the CPU tier"
+            )
         module = copy_module(describe(key), model.config, model.module, device.copy_in, self.code)
         device.synchronize()
         return LoadedModel(model.name, model.version, model.config, module)
@@ -101,7 +108,7 @@ class TorchPager:
         return model.config.pinned
 
     def device_capable(self, key: Key, directory: Path) -> bool:
-        return True
+        return read_config(describe(key), directory).quantize is None  # quantized kernels are CPU kernels
 
 
 def synthetic_inputs(model: LoadedModel) -> list[np.ndarray]:
