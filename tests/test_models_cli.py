@@ -86,11 +86,12 @@ def test_add_list_serve_remove(tmp_path: Path, logdir: Path) -> None:
         affinity("models", "remove", "digits", "--models", repo, "--version", "1")
         assert set(_listing(repo)) == {"digits"} and _listing(repo)["digits"]["version"] == "2"
 
-        def gone() -> bool:
-            return request(worker.url, "POST", "/v2/models/scorer/infer", body).status == 404
+        def gone() -> bool:  # one rescan may fall between the two removals: wait for both
+            scorer = request(worker.url, "POST", "/v2/models/scorer/infer", body).status
+            return scorer == 404 and request(worker.url, "GET", "/v2/models/digits/versions/1").status == 404
 
-        wait_until(gone, timeout=30, interval=0.2)  # the worker's rescan drops it
-        assert request(worker.url, "GET", "/v2/models/digits/versions/1").status == 404
+        wait_until(gone, timeout=30, interval=0.2)  # the worker's rescan drops them
+        assert request(worker.url, "GET", "/v2/models/digits/versions/2").status == 200
     finally:
         worker.proc.stop()
 
