@@ -43,8 +43,9 @@ WIDTH = 512
 PER_MODEL = 3 * (WIDTH * WIDTH + WIDTH) * 4  # bytes of weights
 
 
-def make_models(root: Path) -> list[str]:
-    """The twelve MLPs, deterministic from their seeds, in the repository layout."""
+def make_models(root: Path, quantize: str | None = None) -> list[str]:
+    """The twelve MLPs, deterministic from their seeds, in the repository layout
+    (``quantize``: their config's opt-in, e.g. ``int8``)."""
     names = []
     for m in range(MODELS):
         generator = torch.Generator().manual_seed(m)
@@ -61,6 +62,7 @@ def make_models(root: Path) -> list[str]:
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, WIDTH]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, WIDTH]}],
             "max_batch_size": 64,
+            **({"quantize": quantize} if quantize else {}),
         }
         (target / "config.json").write_text(json.dumps(config))
         names.append(f"m{m}")
@@ -168,6 +170,14 @@ def run_throughput(duration: float, connections: int, rate: float, workers: int,
             wrk.run_script(endpoint, varied(), 3, connections)
             label = f"cluster, each worker's budget {format_size(half.bytes)} (half the models)"
             rows.append(row(label, endpoint, varied()))
+
+        # The same twelve models with their owner's INT8 opt-in: a quarter of the bytes a pass.
+        int8 = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="affinity-bench-int8-")))
+        make_models(int8, quantize="int8")
+        with contextlib.ExitStack() as inner:
+            cluster, endpoint = _cluster(int8, replace(base, models=int8), inner)
+            wrk.run_script(endpoint, varied(), 3, connections)
+            rows.append(row('cluster, INT8 weights (the models\' "quantize": "int8")', endpoint, varied()))
 
         port = free_port()
         args = ["worker", "--models", str(root), "--port", str(port), "--grpc-port", "0", "--log-level", "WARNING"]
