@@ -25,7 +25,6 @@ import orjson
 
 from cli.flags import Flags, names
 from protocol.types import TensorSpec
-from worker.model_config import QUANTIZE_MODES
 
 FROM_PT2_HELP = (
     "convert a torch.export archive (.pt2) you trust and made yourself: loading one can run code it carries "
@@ -59,7 +58,7 @@ def add_parsers(msub: argparse._SubParsersAction) -> None:
     add.add_argument("--cache-ttl", type=float, help="seconds an answer stays cached")
     add.add_argument("--no-warmup", action="store_true", help="workers skip the warm-up forward after loading")
     add.add_argument("--pinned", action="store_true", help="once loaded, never evicted")
-    add.add_argument("--quantize", choices=QUANTIZE_MODES,
+    add.add_argument("--quantize", metavar="int8",
                      help="opt in to INT8 weights for Linear layers (answers within quantization error)")  # fmt: skip
     add.add_argument(
         "--allow-code", type=names, default=(), help="packages the check may import (default: the one named)"
