@@ -36,9 +36,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -46,8 +45,9 @@ from common.singleflight import SingleFlight
 from protocol.errors import ModelTooLarge, ModelUnavailable, NotFound, Overloaded, ProtocolError
 from worker.device import Device
 from worker.disk_cache import DiskCache, DiskFull
-from worker.eviction import POLICIES, Candidate, make_policy
+from worker.eviction import make_policy
 from worker.leases import Lease, Resident
+from worker.memory_config import MemoryConfig
 from worker.paging import Key, Pager, describe
 from worker.tiers import CPU, DISK, GPU, REMOTE, MemoryObserver, MemorySnapshot, NullObserver, Tier, snapshot_of
 from worker.torch_threads import one_torch_thread
@@ -55,24 +55,6 @@ from worker.torch_threads import one_torch_thread
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryConfig:
-    cpu_budget: int
-    gpu_budget: int = 0  # 0: no GPU tier, even with a device
-    eviction: str = "lru"
-    max_loads: int = 1
-    wait_timeout: float = 30.0  # seconds an acquire waits for room held by models in use
-    pinned: frozenset[Key] = frozenset()
-
-    def __post_init__(self) -> None:
-        if self.cpu_budget <= 0 or self.gpu_budget < 0:
-            raise ValueError("the CPU budget must be positive and the GPU budget not negative")
-        if self.eviction not in POLICIES:
-            raise ValueError(f"unknown eviction policy {self.eviction!r}; known: {', '.join(POLICIES)}")
-        if self.max_loads < 1 or self.wait_timeout < 0:
-            raise ValueError("max loads must be at least 1 and the wait timeout not negative")
 
 
 class MemoryManager(Generic[M]):
@@ -235,22 +217,16 @@ class MemoryManager(Generic[M]):
     def _free_disk(self, disk: DiskCache, size: int) -> bool:
         """Drop idle models whose files are in the disk cache from memory, in each tier's
         eviction order, until a download of ``size`` bytes would find room."""
-        for tier in (self._cpu, self._gpu):
-            if tier is None:
-                continue
-            on_disk = set(disk.held())
-            idle: dict[Hashable, Key] = {k: k for k in tier.sizes if k in on_disk and self._evictable(k)}
-            candidates = [Candidate(k, tier.sizes[k]) for k in idle.values()]
-            for victim in tier.policy.victims(candidates, sum(c.size for c in candidates)):
+        on_disk = set(disk.held())
+        for tier in [t for t in (self._cpu, self._gpu) if t is not None]:
+            for key in tier.eviction_order(lambda k: k in on_disk and self._evictable(k)):
                 if disk.could_take(size):
                     return True
-                resident = self._models[idle[victim]]
-                tier.remove(resident.key, evicted=True)
-                self._observer.evicted(resident.key, tier.name)
+                resident = self._models.pop(key)
+                tier.remove(key, evicted=True)
+                self._observer.evicted(key, tier.name)
                 resident.device_copy = None
-                del self._models[resident.key]
-                log.info("evicted model %s version %s from %s: its disk cache file must make room", *resident.key,
-                         tier.name)  # fmt: skip
+                log.info("evicted model %s version %s from %s: its file must leave the disk cache", *key, resident.tier)
         return disk.could_take(size)
 
     def _locate(self, key: Key) -> tuple[Path | None, str]:

@@ -64,6 +64,12 @@ class Tier(Generic[K]):
             return None
         return chosen
 
+    def eviction_order(self, evictable: Callable[[K], bool]) -> list[K]:
+        """Every resident model ``evictable`` allows, least worth keeping first (the policy's order)."""
+        allowed: dict[Hashable, K] = {k: k for k in self.sizes if evictable(k)}
+        candidates = [Candidate(k, self.sizes[k]) for k in allowed.values()]
+        return [allowed[k] for k in self.policy.victims(candidates, sum(c.size for c in candidates)) if k in allowed]
+
     def reserve(self, key: K, size: int) -> None:
         if size > self.free:
             raise BudgetExceeded(f"{self.name}: reserving {size} bytes with {self.free} free")
