@@ -63,7 +63,8 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     f.add("--load-wait", "seconds a load waits for room held by models in use (then 503)", type=float, default=30.0)
     f.add("--max-queue", "requests queued per model (one more: 503 with Retry-After)", type=int, default=256)
     f.add("--cpus", "CPUs this worker runs on, e.g. 0 or 2-3 (empty: any)", default="")
-    f.add("--max-queue-delay", "seconds a batch may wait for more requests, when it pays", type=float, default=0.0005)
+    f.add("--max-queue-delay", "seconds a batch may wait for more requests, when it pays (0: never; batches "
+          "still form while a forward runs)", type=float, default=0.0)  # fmt: skip
     _http_flags(f)
     f.add("--drain-delay", "seconds to report not-ready, still serving, after SIGTERM", type=float, default=0.0)
     f.add("--heap-trim-interval", "seconds between checks that give freed heap memory back (0: never)", type=float,

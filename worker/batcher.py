@@ -15,9 +15,10 @@ batch's futures (and reports its sizes and times, ``worker.stats.BatchTimes``)
 with one ``call_soon_threadsafe``. It then looks again, and
 ends when the queue is empty. Batches form under load, while a drain is busy;
 a batch that is not full may also be held open a little (``window``, Triton's
-``max_queue_delay``) when requests for its model have been arriving closer
-together than that and no other model is waiting (``worker.batch_window``), so
-a lone request is not delayed for nothing.
+``max_queue_delay``; off by default, as Triton's, since holding measured slower
+in closed loop: docs/benchmarks.md) when requests for its model have been
+arriving closer together than that and no other model is waiting
+(``worker.batch_window``), so a lone request is not delayed for nothing.
 
 Bounded: a model's queue holds at most ``max_queue`` requests; one more is
 answered at once with 503 and ``Retry-After`` (the balancer tries another

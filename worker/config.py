@@ -39,7 +39,7 @@ class WorkerConfig:
     max_elements: int = 1 << 26
     max_queue: int = 256  # requests queued per model; one more is a 503 with Retry-After
     cpus: str = ""  # CPU list this process runs on (empty: wherever the kernel puts it)
-    max_queue_delay: float = 0.0005  # seconds a batch may wait for more requests, when it pays
+    max_queue_delay: float = 0.0  # seconds a batch may wait for more requests, when it pays (0: Triton's default)
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds not-ready but still serving after SIGTERM
     heap_trim_interval: float = 10.0  # seconds between checks that trim freed heap memory (0: never)
