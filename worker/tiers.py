@@ -57,12 +57,13 @@ class Tier(Generic[K]):
         needed = size - self.free
         if needed <= 0:
             return []
-        allowed: dict[Hashable, K] = {k: k for k in self.sizes if evictable(k)}
-        candidates = [Candidate(k, self.sizes[k]) for k in allowed.values()]
-        chosen = [allowed[k] for k in self.policy.victims(candidates, needed) if k in allowed]
-        if sum(self.sizes[k] for k in chosen) < needed:
-            return None
-        return chosen
+        chosen, freed = [], 0
+        for key in self.eviction_order(evictable):
+            if freed >= needed:
+                break
+            chosen.append(key)
+            freed += self.sizes[key]
+        return chosen if freed >= needed else None
 
     def eviction_order(self, evictable: Callable[[K], bool]) -> list[K]:
         """Every resident model ``evictable`` allows, least worth keeping first (the policy's order)."""
