@@ -38,7 +38,7 @@ from protocol.datatypes import DATATYPES
 from protocol.types import TensorSpec
 from worker.errors import InvalidModelConfig
 
-QUANTIZE_MODES = ("int8",)  # worker.quantize's (config parsing needs no torch)
+QUANTIZE_MODES = ("int8",)  # what worker.quantize applies at load (named here: parsing needs no torch)
 # Each format's one weights file in a version's directory.
 WEIGHTS_FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
 CODE_PREFIX = "python:"

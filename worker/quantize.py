@@ -33,10 +33,3 @@ def quantize_module(module: nn.Module) -> nn.Module:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-
-
-def quantized_layers(module: nn.Module) -> int:
-    """How many of the module's layers run with INT8 weights."""
-    from torch.ao.nn.quantized.dynamic import Linear
-
-    return sum(isinstance(m, Linear) for m in module.modules())
